@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from sq_jax.models.config import ModelConfig, load_config, save_config
+from sq_jax.models.tokenizer import looks_local
 from sq_jax.models.transformer import Transformer
 from sq_jax.parallel.sharding import MeshAxes, named_sharding
 
@@ -160,12 +161,11 @@ def tensor_rules(cfg: ModelConfig) -> list[TensorRule]:
 
 def resolve_model_dir(path_or_hub_id: str | os.PathLike, revision: str | None = None) -> Path:
     """A local directory as is; anything else is a hub id fetched (config, safetensors, tokenizer) to the cache."""
-    path = Path(path_or_hub_id)
+    path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
         return path
     text = str(path_or_hub_id)
-    looks_local = text.startswith((".", "/", "~")) or path.exists() or text.count("/") != 1
-    if looks_local:
+    if looks_local(text):
         raise FileNotFoundError(f"{text}: no such model directory (and not a hub id of the form 'org/name')")
     from huggingface_hub import snapshot_download
 

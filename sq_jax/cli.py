@@ -1,0 +1,91 @@
+"""The `sq-jax` command: thin argument parsing, one function call per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+
+def _init_tiny(args: argparse.Namespace) -> None:
+    from sq_jax.models.tiny import build_tiny
+
+    out = build_tiny(args.out_dir, seed=args.seed, vocab_size=args.vocab_size)
+    print(f"tiny model written to {out}")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from sq_jax.models.checkpoint import convert
+
+    out = convert(args.src, args.dst, to=args.to, dtype=args.dtype)
+    print(f"converted {args.src} -> {out} ({args.to})")
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from sq_jax.models.hf_io import load_pretrained, resolve_model_dir
+    from sq_jax.models.tokenizer import (
+        detect_prompt_format, encode_prompt, get_prompt_format, load_tokenizer, stop_token_ids,
+    )
+    from sq_jax.sampling.simple import generate
+
+    model_dir = resolve_model_dir(args.model)
+    tokenizer = load_tokenizer(str(model_dir))
+    fmt = get_prompt_format(args.format) if args.format else detect_prompt_format(tokenizer)
+    prompt = fmt.pre_query_template if args.prompt is None else fmt.solver_prompt(args.prompt)
+    model = load_pretrained(model_dir, dtype=args.dtype)
+    ids = encode_prompt(tokenizer, prompt)
+    outputs = generate(
+        model, [ids] * args.num, max_new_tokens=args.max_new_tokens, stop_ids=stop_token_ids(tokenizer, fmt),
+        temperature=args.temperature, seed=args.seed,
+    )
+    for tokens in outputs:
+        print(json.dumps({"prompt": prompt, "output": tokenizer.decode(tokens, skip_special_tokens=False)}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sq-jax", description="ScaleQuest in JAX: question synthesis from scratch.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init-tiny", help="build the tiny embedded qwen2 model + tokenizer (offline, seconds)")
+    p.add_argument("out_dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vocab-size", type=int, default=2048)
+    p.set_defaults(func=_init_tiny)
+
+    p = sub.add_parser("convert", help="convert a checkpoint: HF safetensors <-> sq-jax orbax")
+    p.add_argument("src", help="HF model dir or hub id (--to orbax), or an sq-jax orbax checkpoint dir (--to hf)")
+    p.add_argument("dst")
+    p.add_argument("--to", choices=("orbax", "hf"), required=True)
+    p.add_argument("--dtype", default=None, help="parameter dtype to write (default: the source's)")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("sample", help="quick sampling from a model: questions from the pre-query template, or a solution")
+    p.add_argument("--model", required=True, help="HF model dir or hub id")
+    p.add_argument("--prompt", default=None, help="a question to solve (default: generate questions from scratch)")
+    p.add_argument("--format", default=None, help="prompt format (qwen, deepseek, llama3, mistral); default: detected")
+    p.add_argument("--num", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32")
+    p.set_defaults(func=_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"sq-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
