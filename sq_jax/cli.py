@@ -45,6 +45,19 @@ def _sample(args: argparse.Namespace) -> None:
         print(json.dumps({"prompt": prompt, "output": tokenizer.decode(tokens, skip_special_tokens=False)}))
 
 
+def _train(args: argparse.Namespace) -> None:
+    from sq_jax.configlib import load_config
+    from sq_jax.train.config import TrainConfig
+    from sq_jax.train.trainer import run_training
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    if cfg.task != args.command:
+        raise ValueError(f"{args.config}: task is {cfg.task!r} but the command is {args.command!r}")
+    result = run_training(cfg)
+    print(json.dumps({"steps": result.steps, "final_loss": result.final_loss, "eval_loss": result.eval_loss,
+                      "output_dir": str(result.output_dir), "data": result.data_stats}))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sq-jax", description="ScaleQuest in JAX: question synthesis from scratch.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -62,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", choices=("orbax", "hf"), required=True)
     p.add_argument("--dtype", default=None, help="parameter dtype to write (default: the source's)")
     p.set_defaults(func=_convert)
+
+    for task, text in (("qft", "question fine-tuning"), ("sft", "supervised fine-tuning on (query, response)")):
+        p = sub.add_parser(task, help=f"{text} on the device mesh (config YAML + a.b=c overrides)")
+        p.add_argument("config")
+        p.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=1e-5 max_steps=100")
+        p.set_defaults(func=_train)
 
     p = sub.add_parser("sample", help="quick sampling from a model: questions from the pre-query template, or a solution")
     p.add_argument("--model", required=True, help="HF model dir or hub id")

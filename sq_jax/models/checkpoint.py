@@ -95,3 +95,14 @@ def convert(src: str | Path, dst: str | Path, *, to: str, dtype: str | None = No
     if jax.process_index() == 0:
         copy_side_files(src_dir, out)
     return out
+
+
+def load_model(
+    path_or_hub_id: str | Path, *, mesh: Mesh | None = None, rules: Mapping[str, MeshAxes] | None = None,
+    **runtime: Any,
+) -> Transformer:
+    """A native checkpoint (has params/) or an HF checkpoint (dir or hub id), placed on `mesh`."""
+    path = Path(path_or_hub_id)
+    if (path / PARAMS_DIR).is_dir():
+        return load_native(path, mesh=mesh, rules=rules, **runtime)
+    return load_pretrained(path_or_hub_id, mesh=mesh, rules=rules, **runtime)

@@ -33,8 +33,12 @@ def tiny_config(vocab_size: int, **overrides) -> ModelConfig:
     return ModelConfig(**fields)
 
 
-def build_tiny(out_dir: str | Path, *, seed: int = 0, num_texts: int = 4000, vocab_size: int = 2048) -> Path:
-    """Train the tokenizer on procedural questions and solutions, init the model from `seed`, save both."""
+def build_tiny(
+    out_dir: str | Path, *, seed: int = 0, num_texts: int = 4000, vocab_size: int = 2048, **shape: int
+) -> Path:
+    """Train the tokenizer on procedural questions and solutions, init the model from `seed`, save both.
+
+    `shape` overrides TINY_SHAPE (tests use an even smaller model)."""
     out = Path(out_dir)
     problems = generate_problems(num_texts, seed=seed, unsolvable_fraction=0.1)
     fmt = get_prompt_format("qwen")
@@ -45,6 +49,7 @@ def build_tiny(out_dir: str | Path, *, seed: int = 0, num_texts: int = 4000, voc
         len(tokenizer),
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.pad_token_id,
+        **shape,
     )
     model = init_model(cfg, seed=seed)
     save_pretrained(model, out, dtype="float32", tokenizer=tokenizer)

@@ -85,6 +85,11 @@ class PromptFormat:
             prefix += self.system_turn.replace(_CONTENT, self.default_system)
         return prefix + self.user_turn.split(_CONTENT, 1)[0]
 
+    @property
+    def turn_end(self) -> str:
+        """What closes an assistant turn (the SFT response's end-of-turn), without a trailing newline."""
+        return self.assistant_turn.split(_CONTENT, 1)[1].rstrip("\n")
+
     def qft_text(self, question: str) -> str:
         """One QFT training example: the generator learns to write a question, then stop."""
         return self.pre_query_template + question + self.query_end

@@ -1,0 +1,251 @@
+"""Read training / pipeline records from JSONL, Parquet, `save_to_disk` folders or the Hugging Face hub.
+
+Every record keeps its provenance (file or hub id, 1-based line) so that any later error, here or
+downstream, can point the user at the offending input row instead of at an anonymous index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from contextlib import closing
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DataError", "Record", "read_records", "write_jsonl"]
+
+JSONL_SUFFIXES = (".jsonl", ".json")
+PARQUET_SUFFIXES = (".parquet",)
+SHARD_SUFFIXES = (".jsonl", ".parquet")  # `.json` is left out of shards: folders often hold JSON metadata
+_PARQUET_BATCH = 1024
+
+
+class DataError(ValueError):
+    """Bad or missing input data; the message names the file, line and field when known."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One input row with its provenance."""
+
+    data: dict[str, Any]
+    source: str  # file path, or hub id + split
+    line: int  # 1-based line (JSONL) or row index + 1 (Parquet, datasets)
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+def _iter_jsonl(path: Path) -> Generator[Record, None, None]:
+    source = str(path)
+    # Binary + per-line decoding so that bad UTF-8 is also reported with its line number.
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{source}:{lineno}: not valid UTF-8 ({e})") from None
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                hint = ""
+                if lineno == 1 and text.lstrip().startswith("["):
+                    hint = " (expected JSON lines, one object per line; this looks like a JSON array)"
+                raise DataError(f"{source}:{lineno}: malformed JSON: {e}{hint}") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{source}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield Record(obj, source, lineno)
+
+
+def _iter_parquet(path: Path, limit: int | None) -> Generator[Record, None, None]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = str(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{source}: cannot read Parquet file: {e}") from None
+    # Batches keep memory bounded and let `limit` stop without decoding the whole file.
+    batch_size = min(limit, _PARQUET_BATCH) if limit else _PARQUET_BATCH
+    row = 0
+    for batch in pf.iter_batches(batch_size=batch_size):
+        for obj in batch.to_pylist():
+            row += 1
+            yield Record(obj, source, row)
+
+
+def _iter_dataset(ds: Any, source: str) -> Generator[Record, None, None]:
+    for i, obj in enumerate(ds):
+        yield Record(dict(obj), source, i + 1)
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def _iter_saved(path: Path, split: str) -> Generator[Record, None, None]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # datasets raises several unrelated types for corrupt folders
+        raise DataError(f"{path}: cannot load dataset saved with save_to_disk: {e}") from e
+    source = str(path)
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(f"{path}: no split {split!r}; available splits: {sorted(ds)}")
+        ds, source = ds[split], f"{path}[{split}]"
+    return _iter_dataset(ds, source)
+
+
+def _iter_hub(name: str, config: str | None, split: str) -> Generator[Record, None, None]:
+    import datasets
+
+    label = f"hf:{name}" + (f":{config}" if config else "")
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # network, auth, missing config/split: all mean "cannot read this spec"
+        raise DataError(f"{label}: cannot load split {split!r} from the Hugging Face hub: {e}") from e
+    return _iter_dataset(ds, f"{label}[{split}]")
+
+
+def _iter_file(path: Path, limit: int | None) -> Generator[Record, None, None]:
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return _iter_jsonl(path)
+    if suffix in PARQUET_SUFFIXES:
+        return _iter_parquet(path, limit)
+    raise DataError(f"{path}: unsupported file type {suffix or '(none)'!r}; expected .jsonl, .json or .parquet")
+
+
+def _iter_dir(path: Path, split: str, limit: int | None) -> Generator[Record, None, None]:
+    if _is_saved_dataset(path):
+        yield from _iter_saved(path, split)
+        return
+    shards = sorted(
+        p for p in path.iterdir()
+        if p.is_file() and p.suffix.lower() in SHARD_SUFFIXES and not p.name.startswith(("_", "."))
+    )
+    for shard in shards:
+        yield from _iter_file(shard, limit)
+
+
+def _looks_local(spec: str) -> bool:
+    return spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or "\\" in spec or spec.lower().endswith(
+        JSONL_SUFFIXES + PARQUET_SUFFIXES
+    )
+
+
+def _iter_procedural(spec: str) -> Generator[Record, None, None]:
+    """`procedural:COUNT[:SEED]`: the offline toy problems (the tiny default's seed set)."""
+    from sq_jax.data.procedural import iter_problems
+
+    parts = spec.split(":")
+    try:
+        count, seed = int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
+        if len(parts) > 3 or count < 0:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise DataError(f"{spec!r}: expected procedural:COUNT[:SEED] with integers, COUNT >= 0") from None
+    for line, problem in zip(range(1, count + 1), iter_problems(seed)):
+        yield Record(problem.to_record(), spec, line)
+
+
+def _iter_spec(spec: str | Path, split: str, limit: int | None) -> Generator[Record, None, None]:
+    if isinstance(spec, str) and spec.startswith("procedural:"):
+        return _iter_procedural(spec)
+    if isinstance(spec, str) and spec.startswith("hf:"):
+        name, _, config = spec[3:].partition(":")
+        if not name:
+            raise DataError(f"{spec!r}: expected hf:ORG/NAME[:CONFIG]")
+        return _iter_hub(name, config or None, split)
+    path = Path(os.path.expanduser(spec))
+    if path.is_dir():
+        return _iter_dir(path, split, limit)
+    if path.is_file():
+        return _iter_file(path, limit)
+    if isinstance(spec, str) and not _looks_local(spec) and spec.count("/") == 1:
+        return _iter_hub(spec, None, split)
+    raise DataError(f"{spec}: no such file or directory (use hf:NAME for a hub dataset)")
+
+
+def _apply_map(data: dict[str, Any], field_map: Mapping[str, str]) -> dict[str, Any]:
+    out = dict(data)
+    for src in field_map.values():  # drop all renamed sources first so swaps like {a: b, b: a} work
+        out.pop(src, None)
+    for dst, src in field_map.items():
+        if src in data:
+            out[dst] = data[src]
+    return out
+
+
+def _check_fields(rec: Record, data: dict[str, Any], fields: Sequence[str], field_map: Mapping[str, str]) -> None:
+    for name in fields:
+        if data.get(name) is None:
+            what = "is null" if name in data else "is missing"
+            src = f" (read from source field {field_map[name]!r})" if name in field_map else ""
+            raise DataError(
+                f"{rec.source}:{rec.line}: required field {name!r}{src} {what}; record has fields {sorted(data)}"
+            )
+
+
+def read_records(
+    spec: str | Path,
+    *,
+    fields: Sequence[str] = (),
+    field_map: Mapping[str, str] | None = None,
+    split: str = "train",
+    limit: int | None = None,
+    allow_empty: bool = False,
+) -> list[Record]:
+    """Read records from a file, shard folder, `save_to_disk` folder or hub dataset.
+
+    ``field_map`` maps output field -> source field; ``fields`` must be present and non-null after
+    mapping. Raises DataError naming ``source:line`` and the field on any schema or parse problem.
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    field_map = dict(field_map or {})
+    out: list[Record] = []
+    if limit != 0:
+        # closing() releases the open file at once when `limit` stops early.
+        with closing(_iter_spec(spec, split, limit)) as it:
+            for rec in it:
+                data = _apply_map(rec.data, field_map) if field_map else rec.data
+                _check_fields(rec, data, fields, field_map)
+                out.append(Record(data, rec.source, rec.line))
+                if limit is not None and len(out) >= limit:
+                    break
+    if not out and not allow_empty:
+        raise DataError(f"{spec}: no records found")
+    return out
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Write rows as UTF-8 JSON lines atomically (temp file + os.replace); return the row count."""
+    path = Path(os.path.expanduser(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same directory so os.replace is a rename on one filesystem; readers never see a half file.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    n = 0
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 so umask applies as usual
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(dict(row), ensure_ascii=False))
+                f.write("\n")
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return n

@@ -1,0 +1,305 @@
+"""The one training loop: QFT, SFT (and QPO) differ only in their task. Owns mesh, data, checkpoints, metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from sq_jax.configlib import config_hash, to_dict
+from sq_jax.data.pipeline import (
+    PackedBatches, TokenizedExamples, eval_rows, host_shard, materialize_row, tokenize_records,
+)
+from sq_jax.data.sources import Record, read_records
+from sq_jax.models.checkpoint import copy_side_files, load_model
+from sq_jax.models.hf_io import save_pretrained
+from sq_jax.models.tokenizer import detect_prompt_format, get_prompt_format, load_tokenizer
+from sq_jax.parallel import distributed
+from sq_jax.parallel.mesh import make_mesh
+from sq_jax.train.checkpointing import Checkpointer
+from sq_jax.train.config import TrainConfig
+from sq_jax.train.metrics import MetricsWriter, device_peak_tflops, training_flops_per_token
+from sq_jax.train.optim import make_optimizer
+from sq_jax.train.step import batch_sharding, lm_loss, make_eval_step, make_train_step
+from sq_jax.train.tasks.lm import TASKS
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    steps: int
+    final_loss: float | None
+    eval_loss: float | None
+    output_dir: Path
+    data_stats: dict[str, Any]
+
+
+def split_eval(records: list[Record], count: int, seed: int) -> tuple[list[Record], list[Record]]:
+    """Hold out `count` records chosen by `seed`; the rest keep their order."""
+    if count <= 0:
+        return records, []
+    if count >= len(records):
+        raise ValueError(f"eval_count={count} leaves no training records (only {len(records)} records)")
+    held = set(np.random.default_rng(seed).permutation(len(records))[:count].tolist())
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def _global_min(value: int) -> int:
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(np.min(multihost_utils.process_allgather(np.asarray([value]))))
+
+
+class Trainer:
+    """Holds the sharded state and runs steps; built by `run_training` from a `TrainConfig`."""
+
+    def __init__(self, cfg: TrainConfig):
+        distributed.maybe_initialize(
+            cfg.mesh.distributed, cfg.mesh.coordinator_address, cfg.mesh.num_processes, cfg.mesh.process_id
+        )
+        self.cfg = cfg
+        self.output_dir = Path(cfg.output_dir)
+        self.mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        rows_axis = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        micro = cfg.micro_batch_size or cfg.global_batch_size
+        if micro % rows_axis:
+            raise ValueError(
+                f"micro_batch_size={micro} is not divisible by the data-parallel size {rows_axis} "
+                f"(mesh data={self.mesh.shape['data']} x fsdp={self.mesh.shape['fsdp']})"
+            )
+        if micro % jax.process_count():
+            raise ValueError(f"micro_batch_size={micro} is not divisible by {jax.process_count()} processes")
+        self.micro = micro
+        self.model = load_model(
+            cfg.model.path, mesh=self.mesh, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
+            remat=cfg.model.remat,
+        )
+        self.model_dir = Path(getattr(self.model, "model_dir", cfg.model.path))
+        self.tokenizer = load_tokenizer(str(self.model_dir))
+        fmt_name = cfg.model.prompt_format
+        self.prompt_format = get_prompt_format(fmt_name) if fmt_name else detect_prompt_format(self.tokenizer)
+        self.task = TASKS[cfg.task](self.tokenizer, self.prompt_format)
+        self._build_data()
+        self.total_steps = self.train_batches.num_batches
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.tx, self.schedule = make_optimizer(cfg.optim, self.total_steps)
+        self.graphdef, self.params = nnx.split(self.model, nnx.Param)
+        self.opt_state = self._on_mesh(jax.jit(self.tx.init)(self.params))
+        shard_of = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
+        self.param_shardings = shard_of(self.params)
+        self.train_step = make_train_step(
+            self.graphdef, self.tx, lm_loss, (self.param_shardings, shard_of(self.opt_state)), self.mesh
+        )
+        self.eval_step = make_eval_step(self.graphdef, lm_loss, self.param_shardings, self.mesh)
+        self.step = 0
+        self.data_state: dict[str, Any] | None = None
+        ckpt_dir = cfg.checkpoint.dir or str(self.output_dir / "checkpoints")
+        self.checkpointer = Checkpointer(
+            ckpt_dir, every_steps=cfg.checkpoint.every_steps, keep=cfg.checkpoint.keep,
+            async_save=cfg.checkpoint.async_save,
+        )
+        self.metrics = MetricsWriter(self.output_dir, tensorboard=cfg.tensorboard)
+        self.flops_per_token = training_flops_per_token(self.model.config, cfg.data.max_length)
+        self.peak = device_peak_tflops(override=cfg.peak_tflops_per_device)
+
+    def _on_mesh(self, tree):
+        """Optimizer moments inherit their param's sharding; scalars (step counts) are replicated on the mesh."""
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated),
+                            tree)
+
+    # ------------------------------------------------------------------------------------------------ data
+    def _read(self, sources) -> list[Record]:
+        records: list[Record] = []
+        for s in sources:
+            records += read_records(s.path, fields=self.task.fields, field_map=s.field_map, split=s.split,
+                                    limit=s.limit)
+        return records
+
+    def _tokenize(self, records: list[Record]) -> TokenizedExamples:
+        d = self.cfg.data
+        return tokenize_records(records, self.task.encode, d.max_length, d.overlong)
+
+    def _build_data(self) -> None:
+        d, cfg = self.cfg.data, self.cfg
+        if not d.sources:
+            raise ValueError("data.sources is empty: give at least one dataset")
+        records = self._read(d.sources)
+        eval_records: list[Record] = []
+        if d.eval_sources:
+            eval_records = self._read(d.eval_sources)
+        else:
+            records, eval_records = split_eval(records, d.eval_count, d.seed)
+        train = self._tokenize(host_shard(records))
+        rows_per_host = cfg.global_batch_size // jax.process_count()
+        probe = PackedBatches(train, seq_len=d.max_length, rows_per_batch=rows_per_host, epochs=cfg.epochs,
+                              seed=d.seed, open_bins=d.open_bins, pad_id=self._pad_id())
+        # Hosts pack different shares; all must run the same number of steps.
+        batches = _global_min(probe.num_batches)
+        self.train_batches = probe if batches == probe.num_batches else PackedBatches(
+            train, seq_len=d.max_length, rows_per_batch=rows_per_host, epochs=cfg.epochs, seed=d.seed,
+            open_bins=d.open_bins, pad_id=self._pad_id(), max_batches=batches,
+        )
+        self.eval_examples = self._tokenize(host_shard(eval_records)) if eval_records else None
+        self.data_stats = {**train.stats, **self.train_batches.stats, "batches": self.train_batches.num_batches}
+        if self.eval_examples is not None:
+            self.data_stats["eval_examples"] = len(self.eval_examples)
+        log.info("data: %s", self.data_stats)
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad) if pad is not None else 0
+
+    def _device_batch(self, host_batch: dict[str, np.ndarray], accumulated: bool) -> dict[str, jax.Array]:
+        sharding = batch_sharding(self.mesh, accumulated)
+        out = {}
+        for key in ("tokens", "positions", "segment_ids", "loss_mask"):
+            local = host_batch[key]
+            if accumulated:
+                local = local.reshape(self.cfg.grad_accum_steps, -1, local.shape[-1])
+            out[key] = jax.make_array_from_process_local_data(sharding, local)
+        return out
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def maybe_restore(self) -> bool:
+        step = self.checkpointer.latest_step()
+        if step is None:
+            return False
+        self.params, self.opt_state, self.data_state, meta = self.checkpointer.restore(
+            step, self.params, self.opt_state
+        )
+        if meta.get("config_hash") != self._resume_hash():
+            raise ValueError(
+                f"checkpoint at {self.checkpointer.directory} step {step} was written by a different config "
+                "(model, data, optimizer or batch changed); use a new output_dir or checkpoint.dir"
+            )
+        self.step = int(meta["step"])
+        log.info("resumed from step %d", self.step)
+        return True
+
+    def _resume_hash(self) -> str:
+        # Everything that changes the sequence of updates; logging and checkpoint cadence may change freely.
+        c = self.cfg
+        return config_hash({"task": c.task, "model": to_dict(c.model), "data": to_dict(c.data),
+                            "optim": to_dict(c.optim), "batch": [c.global_batch_size, c.epochs, c.max_steps,
+                                                                 c.seed]})
+
+    def _save(self, force: bool = False) -> None:
+        meta = {"step": self.step, "config_hash": self._resume_hash()}
+        self.checkpointer.save(self.step, self.params, self.opt_state, self.data_state or {}, meta, force=force)
+
+    # ------------------------------------------------------------------------------------------------ loops
+    def evaluate(self) -> dict[str, float] | None:
+        """Mean token loss and perplexity over the held-out examples (all hosts run the same batch count)."""
+        if self.eval_examples is None:
+            return None
+        per_host = self.micro // jax.process_count()
+        batches = list(eval_rows(self.eval_examples, self.cfg.data.max_length, per_host, self._pad_id()))
+        blank = materialize_row(self.eval_examples, [], self.cfg.data.max_length, self._pad_id())
+        empty = {k: np.stack([v] * per_host) for k, v in blank.items()}  # all padding: adds no loss
+        loss_sum, tokens = 0.0, 0.0
+        for i in range(_global_max(len(batches))):
+            batch = batches[i] if i < len(batches) else empty
+            s, n = self.eval_step(self.params, self._device_batch(batch, accumulated=False))
+            loss_sum += float(s)
+            tokens += float(n)
+        loss = loss_sum / max(tokens, 1.0)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
+
+    def train(self) -> TrainResult:
+        cfg = self.cfg
+        self.maybe_restore()
+        iterator = self.train_batches.iterator(self.data_state)
+        ids_log = (self.output_dir / "example_ids.jsonl").open("a") if cfg.log_example_ids and \
+            jax.process_index() == 0 else None
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=cfg.task, disable=jax.process_index() != 0)
+        last_loss = None
+        window_start, window_tokens = time.perf_counter(), 0.0
+        pending: list[tuple[int, dict]] = []
+        while self.step < self.total_steps:
+            host_batch = next(iterator)
+            batch = self._device_batch(host_batch, accumulated=True)
+            self.params, self.opt_state, metrics = self.train_step(self.params, self.opt_state, batch)
+            self.step += 1
+            self.data_state = iterator.get_state()
+            pending.append((self.step, metrics))
+            if ids_log is not None:
+                ids = host_batch["example_index"]
+                ids_log.write(json.dumps({"step": self.step, "ids": ids[ids >= 0].tolist()}) + "\n")
+                ids_log.flush()
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                window_tokens, last_loss = self._log(pending, window_start, bar)
+                pending, window_start = [], time.perf_counter()
+            self._save()
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
+                self._log_eval()
+        if pending:
+            _, last_loss = self._log(pending, window_start, bar)
+        bar.close()
+        if ids_log is not None:
+            ids_log.close()
+        self._save(force=True)
+        self.checkpointer.wait()
+        eval_metrics = self._log_eval()
+        if cfg.checkpoint.export_hf:
+            self.export(self.output_dir / "hf")
+        self.checkpointer.close()
+        self.metrics.close()
+        return TrainResult(self.step, last_loss, eval_metrics["loss"] if eval_metrics else None,
+                           self.output_dir, self.data_stats)
+
+    def _log(self, pending: list[tuple[int, dict]], since: float, bar) -> tuple[float, float | None]:
+        host = jax.device_get([m for _, m in pending])  # waits for the steps in flight
+        elapsed = max(time.perf_counter() - since, 1e-9)
+        tokens = float(sum(m["tokens"] for m in host))
+        tflops = self.flops_per_token * tokens / elapsed / 1e12
+        for (step, _), m in zip(pending, host):
+            values = {"loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
+                      "learning_rate": float(self.schedule(step - 1)), "tokens": float(m["tokens"])}
+            if step == pending[-1][0]:
+                values.update(tokens_per_s=tokens / elapsed, tflops_per_s=tflops)
+                if self.peak:
+                    values["mfu"] = tflops / (self.peak * jax.device_count())
+            self.metrics.write(step, values)
+        last = float(host[-1]["loss"])
+        bar.update(len(pending))
+        bar.set_postfix(loss=f"{last:.4f}", tok_s=f"{tokens / elapsed:,.0f}")
+        return tokens, last
+
+    def _log_eval(self) -> dict[str, float] | None:
+        metrics = self.evaluate()
+        if metrics is not None:
+            self.metrics.write(self.step, metrics, kind="eval")
+            log.info("eval at step %d: %s", self.step, metrics)
+        return metrics
+
+    def current_model(self):
+        return nnx.merge(self.graphdef, self.params)
+
+    def export(self, out_dir: Path) -> Path:
+        out = save_pretrained(self.current_model(), out_dir, dtype=self.cfg.model.param_dtype)
+        if jax.process_index() == 0:
+            copy_side_files(self.model_dir, out)
+        return out
+
+
+def _global_max(value: int) -> int:
+    return -_global_min(-value)
+
+
+def run_training(cfg: TrainConfig) -> TrainResult:
+    return Trainer(cfg).train()
