@@ -1,0 +1,227 @@
+"""The sampling engine: bucketed prefill with a prefix cache, per-slot decode state, jitted insert / generate.
+
+`Engine` follows JetStream's Engine API (prefill / insert / generate / init_decode_state ...) without importing
+JetStream, so the raw loop and tests never pay for TensorFlow; `jetstream_compat.JetStreamEngine` adds the
+JetStream base class and tokenizer hooks when serving.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sq_jax.models.kv_cache import KVCache
+from sq_jax.models.transformer import Transformer
+from sq_jax.parallel.sharding import logical_to_spec
+from sq_jax.sampling import engine_core
+from sq_jax.sampling.engine_core import DecodeState, Prefix
+from sq_jax.sampling.sampling import SamplingParams, request_key
+
+log = logging.getLogger(__name__)
+
+
+class PromptTooLongError(ValueError):
+    """A prompt longer than the engine's prefill limit (with overlong_prompt='error')."""
+
+
+def prefill_buckets(max_prefill_length: int, smallest: int = 16) -> list[int]:
+    """Powers of two from `smallest`, capped by (and always ending at) `max_prefill_length`."""
+    buckets, size = [], smallest
+    while size < max_prefill_length:
+        buckets.append(size)
+        size *= 2
+    return buckets + [max_prefill_length]
+
+
+def settings_of(sampling: SamplingParams) -> dict[str, jax.Array]:
+    return {
+        "key": request_key(sampling.seed),
+        "temperature": jnp.float32(sampling.temperature),
+        "top_p": jnp.float32(sampling.top_p),
+        "top_k": jnp.int32(sampling.top_k),
+        "max_tokens": jnp.int32(sampling.max_tokens),
+    }
+
+
+class Engine:
+    """Batched decoding over `max_slots` slots of one model on one mesh (params sharded by the logical rules)."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        *,
+        stop_ids: Sequence[int],
+        max_slots: int = 64,
+        max_cache_length: int = 2048,
+        max_prefill_length: int = 1024,
+        decode_steps: int = 8,
+        overlong_prompt: str = "error",
+        prefix_cache_size: int = 32,
+        mesh: Mesh | None = None,
+    ):
+        if overlong_prompt not in ("error", "truncate_left"):
+            raise ValueError(f"overlong_prompt must be 'error' or 'truncate_left', got {overlong_prompt!r}")
+        if max_prefill_length > max_cache_length:
+            raise ValueError(f"max_prefill_length={max_prefill_length} exceeds max_cache_length={max_cache_length}")
+        vocab = model.config.vocab_size
+        bad = [i for i in stop_ids if not 0 <= int(i) < vocab]
+        if bad or not stop_ids:
+            raise ValueError(f"stop token ids {bad or list(stop_ids)} are not ids of this vocabulary (size {vocab})")
+        self.config = model.config
+        self.graphdef, self.params = nnx.split(model, nnx.Param)
+        self.stop_ids = tuple(int(i) for i in stop_ids)
+        self._stop_array = jnp.asarray(self.stop_ids, jnp.int32)
+        self.max_slots = max_slots
+        self.max_cache_length = max_cache_length
+        self._max_prefill_length = max_prefill_length
+        self.buckets = prefill_buckets(max_prefill_length)
+        self.decode_steps = decode_steps
+        self.overlong_prompt = overlong_prompt
+        self._mesh = mesh or jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1),
+                                               ("data", "fsdp", "tensor"))
+        self._prefix_cache: collections.OrderedDict[tuple[int, ...], Prefix] = collections.OrderedDict()
+        self._prefix_cache_size = prefix_cache_size
+        self._lock = threading.Lock()
+        self.stats = {"prefills": 0, "prefix_hits": 0, "truncated_prompts": 0}
+        self._prefill_jit = jax.jit(engine_core.prefill, static_argnums=0)
+        self._insert_jit = jax.jit(engine_core.insert, donate_argnums=1)
+        self._generate_jit = jax.jit(engine_core.generate, static_argnums=(0, 4), donate_argnums=2)
+
+    # ------------------------------------------------------------------------------------ JetStream API
+    @property
+    def max_concurrent_decodes(self) -> int:
+        return self.max_slots
+
+    @property
+    def samples_per_slot(self) -> int:
+        return 1
+
+    @property
+    def max_prefill_length(self) -> int:
+        return self._max_prefill_length
+
+    @property
+    def mesh(self) -> Mesh:
+        return self._mesh
+
+    @property
+    def colocated_cpus(self) -> None:
+        return None
+
+    def load_params(self, *args: Any, **kwargs: Any) -> nnx.State:
+        return self.params
+
+    def get_prefix_destination_sharding(self) -> Any:
+        return None
+
+    def init_decode_state(self, *args: Any, **kwargs: Any) -> DecodeState:
+        cfg, slots, length = self.config, self.max_slots, self.max_cache_length
+        kv_shape = (cfg.num_layers, slots, length, cfg.num_kv_heads, cfg.head_dim)
+        dtype = jnp.dtype(cfg.dtype)
+
+        def make() -> DecodeState:
+            zeros = jnp.zeros
+            return DecodeState(
+                cache=KVCache(k=zeros(kv_shape, dtype), v=zeros(kv_shape, dtype),
+                              positions=zeros((slots, length), jnp.int32),
+                              segment_ids=zeros((slots, length), jnp.int32), lengths=zeros((slots,), jnp.int32)),
+                tokens=zeros((slots,), jnp.int32), generated=zeros((slots,), jnp.int32),
+                active=zeros((slots,), bool), keys=zeros((slots, 2), jnp.uint32),
+                temperature=zeros((slots,), jnp.float32), top_p=jnp.ones((slots,), jnp.float32),
+                top_k=zeros((slots,), jnp.int32), max_tokens=zeros((slots,), jnp.int32),
+            )
+
+        slot_axes = self._axes_if_divisible("cache_batch", slots)
+        head_axes = self._axes_if_divisible("act_kv_heads", cfg.num_kv_heads)
+
+        def sharding(x: jax.ShapeDtypeStruct) -> NamedSharding:
+            if x.ndim == 5:  # kv: [layers, slots, length, kv_heads, head_dim]
+                return NamedSharding(self._mesh, PartitionSpec(None, slot_axes, None, head_axes, None))
+            return NamedSharding(self._mesh, PartitionSpec(slot_axes, *([None] * (x.ndim - 1))))
+
+        return jax.jit(make, out_shardings=jax.tree.map(sharding, jax.eval_shape(make)))()
+
+    def _axes_if_divisible(self, logical: str, size: int):
+        """The mesh axes of `logical` when they divide `size`; replicated otherwise (e.g. 2 kv heads, tensor 8)."""
+        axes = logical_to_spec((logical,))[0]
+        parts = 1
+        for a in (axes,) if isinstance(axes, str) else (axes or ()):
+            parts *= self._mesh.shape[a]
+        return axes if size % parts == 0 else None
+
+    def prefill(
+        self,
+        *,
+        params: nnx.State,
+        existing_prefix: Prefix | None = None,
+        padded_tokens: jax.Array,
+        true_length: int,
+        sampling: SamplingParams | None = None,
+    ) -> Prefix:
+        """JetStream's prefill on one padded bucket; `sampling` (an sq-jax extension) sets the request's
+        key and settings, defaulting to greedy with seed 0."""
+        settings = settings_of(sampling or SamplingParams(temperature=0.0))
+        self.stats["prefills"] += 1
+        return self._prefill_jit(self.graphdef, params, jnp.asarray(padded_tokens, jnp.int32),
+                                 jnp.int32(true_length), existing_prefix, settings)
+
+    def insert(self, prefix: Prefix, decode_state: DecodeState, slot: int) -> DecodeState:
+        return self._insert_jit(prefix, decode_state, jnp.int32(slot))
+
+    def generate(self, params: nnx.State, decode_state: DecodeState) -> tuple[DecodeState, jax.Array]:
+        return self._generate_jit(self.graphdef, params, decode_state, self._stop_array, self.decode_steps)
+
+    # --------------------------------------------------------------------------------------- sq-jax API
+    def fit_prompt(self, token_ids: Sequence[int]) -> list[int]:
+        """The prompt as prefilled: within the limit, or cut to its last tokens (counted), or an error."""
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise ValueError("empty prompt: a request needs at least one prompt token")
+        limit = self._max_prefill_length
+        if len(ids) <= limit:
+            return ids
+        if self.overlong_prompt == "error":
+            raise PromptTooLongError(
+                f"prompt has {len(ids)} tokens, more than max_prefill_length={limit} "
+                "(raise max_prefill_length or set overlong_prompt='truncate_left')"
+            )
+        self.stats["truncated_prompts"] += 1
+        return ids[-limit:]
+
+    def pad_to_bucket(self, ids: Sequence[int]) -> tuple[np.ndarray, int]:
+        bucket = next(b for b in self.buckets if b >= len(ids))
+        padded = np.zeros(bucket, np.int32)
+        padded[: len(ids)] = ids
+        return padded, len(ids)
+
+    def prefill_request(self, token_ids: Sequence[int], sampling: SamplingParams) -> Prefix:
+        """Prefill a prompt for one request, reusing the KV of an identical earlier prompt (prefix cache)."""
+        ids = self.fit_prompt(token_ids)
+        if len(ids) + sampling.max_tokens > self.max_cache_length:
+            raise ValueError(
+                f"prompt ({len(ids)} tokens) + max_tokens ({sampling.max_tokens}) exceeds the cache length "
+                f"{self.max_cache_length}"
+            )
+        key = tuple(ids)
+        with self._lock:
+            cached = self._prefix_cache.get(key)
+            if cached is not None:
+                self._prefix_cache.move_to_end(key)
+                self.stats["prefix_hits"] += 1
+        if cached is None:
+            padded, true_length = self.pad_to_bucket(ids)
+            cached = self.prefill(params=self.params, padded_tokens=padded, true_length=true_length)
+            with self._lock:
+                self._prefix_cache[key] = cached
+                while len(self._prefix_cache) > self._prefix_cache_size:
+                    self._prefix_cache.popitem(last=False)
+        return engine_core.with_settings(cached, settings_of(sampling))

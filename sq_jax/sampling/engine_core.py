@@ -1,0 +1,148 @@
+"""The device side of the sampling engine: prefix and decode-state pytrees and the pure functions over them.
+
+A slot's pending token is sampled from logits already computed (by prefill or the previous step) with the
+request's own key folded with the token index, so a sample never depends on its slot or on scheduling.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from sq_jax.models.kv_cache import KVCache
+from sq_jax.models.transformer import Transformer
+from sq_jax.sampling.sampling import sample_token, token_key
+
+
+@struct.dataclass
+class Prefix:
+    """One prefilled request: its KV entries (a length bucket), logits after its last token, its settings."""
+
+    k: jax.Array  # [layers, bucket, kv_heads, head_dim]
+    v: jax.Array
+    positions: jax.Array  # [bucket] int32
+    segment_ids: jax.Array  # [bucket] int32, 0 past the true length
+    length: jax.Array  # () int32: true tokens = next write offset
+    logits: jax.Array  # [vocab] float32
+    key: jax.Array  # uint32[2]
+    temperature: jax.Array  # () float32
+    top_p: jax.Array
+    top_k: jax.Array  # () int32
+    max_tokens: jax.Array  # () int32
+
+
+@struct.dataclass
+class DecodeState:
+    cache: KVCache  # k, v [layers, slots, max_len, kv_heads, head_dim]
+    tokens: jax.Array  # [slots] pending token (sampled, not yet emitted)
+    generated: jax.Array  # [slots] tokens emitted so far
+    active: jax.Array  # [slots] bool
+    keys: jax.Array  # [slots, 2] uint32
+    temperature: jax.Array  # [slots] float32
+    top_p: jax.Array
+    top_k: jax.Array  # [slots] int32
+    max_tokens: jax.Array  # [slots] int32
+
+
+def prefill(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    tokens: jax.Array,
+    true_length: jax.Array,
+    existing: Prefix | None,
+    settings: dict[str, jax.Array],
+) -> Prefix:
+    """Run `tokens` [bucket] (after `existing`, if any) and return the request's prefix."""
+    model: Transformer = nnx.merge(graphdef, params)
+    bucket = tokens.shape[0]
+    valid = (jnp.arange(bucket) < true_length).astype(jnp.int32)
+    if existing is None:
+        start = jnp.zeros((), jnp.int32)
+        shape = (model.config.num_layers, 1, bucket, model.config.num_kv_heads, model.config.head_dim)
+        dtype = jnp.dtype(model.config.dtype)
+        cache = KVCache(
+            k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+            positions=jnp.zeros((1, bucket), jnp.int32), segment_ids=jnp.zeros((1, bucket), jnp.int32),
+            lengths=jnp.zeros((1,), jnp.int32),
+        )
+    else:
+        start = existing.length
+        pad = [(0, 0), (0, bucket), (0, 0), (0, 0)]
+        cache = KVCache(
+            k=jnp.pad(existing.k, pad)[:, None], v=jnp.pad(existing.v, pad)[:, None],
+            positions=jnp.pad(existing.positions, (0, bucket))[None],
+            segment_ids=jnp.pad(existing.segment_ids, (0, bucket))[None],
+            lengths=existing.length[None],
+        )
+    positions = start + jnp.arange(bucket, dtype=jnp.int32)
+    out = model(tokens[None], positions[None], valid[None], cache)
+    new = out.cache
+    return Prefix(
+        k=new.k[:, 0], v=new.v[:, 0], positions=new.positions[0], segment_ids=new.segment_ids[0],
+        length=start + true_length, logits=out.logits[0, true_length - 1], **settings,
+    )
+
+
+def with_settings(prefix: Prefix, settings: dict[str, jax.Array]) -> Prefix:
+    """The same prefilled KV under another request's key and sampling settings (prefix reuse)."""
+    return prefix.replace(**settings)
+
+
+def insert(prefix: Prefix, state: DecodeState, slot: jax.Array) -> DecodeState:
+    """Copy a prefix into `slot`, clearing what its previous request left, and sample its first token."""
+    cache = state.cache
+    bucket = prefix.k.shape[1]
+    max_len = cache.k.shape[2]
+    zeros = (0,) * 3
+    k = jax.lax.dynamic_update_slice(cache.k, prefix.k[:, None].astype(cache.k.dtype), (0, slot) + zeros)
+    v = jax.lax.dynamic_update_slice(cache.v, prefix.v[:, None].astype(cache.v.dtype), (0, slot) + zeros)
+    row = lambda x: jnp.pad(x, (0, max_len - bucket))[None]  # noqa: E731
+    positions = jax.lax.dynamic_update_slice(cache.positions, row(prefix.positions), (slot, 0))
+    segments = jax.lax.dynamic_update_slice(cache.segment_ids, row(prefix.segment_ids), (slot, 0))
+    first = sample_token(prefix.logits, token_key(prefix.key, 0), prefix.temperature, prefix.top_p, prefix.top_k)
+    put = lambda arr, value: arr.at[slot].set(value)  # noqa: E731
+    return DecodeState(
+        cache=KVCache(k=k, v=v, positions=positions, segment_ids=segments,
+                      lengths=put(cache.lengths, prefix.length)),
+        tokens=put(state.tokens, first),
+        generated=put(state.generated, 0),
+        active=put(state.active, True),
+        keys=put(state.keys, prefix.key),
+        temperature=put(state.temperature, prefix.temperature),
+        top_p=put(state.top_p, prefix.top_p),
+        top_k=put(state.top_k, prefix.top_k),
+        max_tokens=put(state.max_tokens, prefix.max_tokens),
+    )
+
+
+def generate(
+    graphdef: nnx.GraphDef, params: nnx.State, state: DecodeState, stop_ids: jax.Array, steps: int
+) -> tuple[DecodeState, jax.Array]:
+    """`steps` decode steps for every slot. Returns the new state and [slots, 2 * steps + 1] int32 results:
+    emitted tokens, their validity, and each slot's count of emitted tokens at the block's first token."""
+    model: Transformer = nnx.merge(graphdef, params)
+    first_count = state.generated + 1
+
+    def one_step(state: DecodeState, _):
+        cache = state.cache
+        emit = state.tokens
+        room = cache.lengths < cache.k.shape[2]
+        valid = state.active & (state.generated < state.max_tokens) & room
+        out = model(emit[:, None], cache.lengths[:, None], jnp.ones_like(emit)[:, None], cache)
+        keys = jax.vmap(token_key)(state.keys, state.generated + 1)
+        nxt = jax.vmap(sample_token)(out.logits[:, -1], keys, state.temperature, state.top_p, state.top_k)
+        stopped = jnp.isin(emit, stop_ids)
+        generated = state.generated + valid.astype(jnp.int32)
+        new_cache = out.cache.replace(lengths=jnp.where(valid, out.cache.lengths, cache.lengths))
+        new_state = state.replace(
+            cache=new_cache,
+            tokens=jnp.where(valid, nxt, state.tokens),
+            generated=generated,
+            active=valid & ~stopped & (generated < state.max_tokens),
+        )
+        return new_state, (emit, valid.astype(jnp.int32))
+
+    state, (tokens, valid) = jax.lax.scan(one_step, state, None, length=steps)
+    result = jnp.concatenate([tokens.T, valid.T, first_count[:, None]], axis=1).astype(jnp.int32)
+    return state, result

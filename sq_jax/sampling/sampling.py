@@ -1,0 +1,72 @@
+"""Pure sampling: temperature, top-k, top-p (nucleus) and greedy, on one row of logits with its own key.
+
+Per-request keys (`fold_in(request_key, token_index)`) make a sample independent of which slot or batch it ran in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """Host-side request settings; validated on construction so a bad value fails the request, not a step."""
+
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p
+    top_k: int = 0  # 0 = no top-k filter
+    max_tokens: int = 512
+    seed: int = 0
+    stop: tuple[str, ...] = ()  # extra stop strings, applied on the decoded text
+
+    def __post_init__(self) -> None:
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not 0 <= self.seed < 2**31:
+            raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
+
+
+def filter_logits(logits: jax.Array, temperature: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.Array:
+    """Temperature-scaled logits [vocab] with everything outside top-k and top-p set to -inf (order as HF)."""
+    scaled = logits.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+    sorted_desc = jnp.sort(scaled)[::-1]
+    vocab = scaled.shape[-1]
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+    kth = sorted_desc[k - 1]
+    scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+    # top-p over what top-k left: a token stays if the mass strictly before it is below top_p.
+    sorted_desc = jnp.where(jnp.arange(vocab) < k, sorted_desc, -jnp.inf)
+    probs = jax.nn.softmax(sorted_desc)
+    mass_before = jnp.cumsum(probs) - probs
+    keep_sorted = mass_before < top_p
+    threshold = jnp.min(jnp.where(keep_sorted, sorted_desc, jnp.inf))
+    return jnp.where(scaled < threshold, -jnp.inf, scaled)
+
+
+def sample_token(
+    logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array, top_k: jax.Array
+) -> jax.Array:
+    """One token id from `logits` [vocab]; temperature 0 is greedy."""
+    greedy = jnp.argmax(logits).astype(jnp.int32)
+    sampled = jax.random.categorical(key, filter_logits(logits, temperature, top_p, top_k)).astype(jnp.int32)
+    return jnp.where(temperature > 0, sampled, greedy)
+
+
+def request_key(seed: int) -> jax.Array:
+    """Raw key data (uint32[2]) of a request, storable in decode state."""
+    return jax.random.key_data(jax.random.key(seed))
+
+
+def token_key(key_data: jax.Array, index: jax.Array) -> jax.Array:
+    """The key of a request's `index`-th generated token."""
+    return jax.random.fold_in(jax.random.wrap_key_data(key_data), index)
