@@ -58,6 +58,31 @@ def _train(args: argparse.Namespace) -> None:
                       "output_dir": str(result.output_dir), "data": result.data_stats}))
 
 
+def _generate(args: argparse.Namespace) -> None:
+    from sq_jax.configlib import load_config
+    from sq_jax.sampling.generate_job import GenerateConfig, run_generate
+
+    manifest = run_generate(load_config(GenerateConfig, args.config, args.overrides))
+    print(json.dumps({"finished_shards": len(manifest["finished_shards"]), "num_shards": manifest["num_shards"],
+                      "stats": manifest["stats"]}))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from sq_jax.sampling.sampling import SamplingParams
+    from sq_jax.sampling.server import EngineSettings, Server, build_engine, serve_forever
+
+    settings = EngineSettings(
+        max_slots=args.max_slots, max_cache_length=args.max_cache_length,
+        max_prefill_length=args.max_prefill_length, decode_steps=args.decode_steps,
+        overlong_prompt=args.overlong_prompt, dtype=args.dtype, prompt_format=args.format,
+    )
+    default = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                             max_tokens=args.max_tokens)
+    server = Server(build_engine(args.model, settings, default), host=args.host, port=args.port)
+    print(f"sq-jax serving {args.model} on {server.address}", flush=True)
+    serve_forever(server)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sq-jax", description="ScaleQuest in JAX: question synthesis from scratch.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -81,6 +106,28 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config")
         p.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=1e-5 max_steps=100")
         p.set_defaults(func=_train)
+
+    p = sub.add_parser("generate", help="offline batch generation to sharded JSONL (resumable)")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("serve", help="JetStream gRPC server over a model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; 0.0.0.0 / [::] to expose)")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--max-slots", type=int, default=64)
+    p.add_argument("--max-cache-length", type=int, default=2048)
+    p.add_argument("--max-prefill-length", type=int, default=1024)
+    p.add_argument("--decode-steps", type=int, default=8)
+    p.add_argument("--overlong-prompt", choices=("error", "truncate_left"), default="error")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--format", default=None)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=512)
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser("sample", help="quick sampling from a model: questions from the pre-query template, or a solution")
     p.add_argument("--model", required=True, help="HF model dir or hub id")

@@ -178,6 +178,11 @@ class Engine:
         return self._insert_jit(prefix, decode_state, jnp.int32(slot))
 
     def generate(self, params: nnx.State, decode_state: DecodeState) -> tuple[DecodeState, jax.Array]:
+        return self.decode_block(decode_state, params)
+
+    def decode_block(self, decode_state: DecodeState, params: nnx.State | None = None) -> tuple[DecodeState, jax.Array]:
+        """`decode_steps` steps; results [slots, 2 * steps + 1]: tokens, validity, count at the first token."""
+        params = self.params if params is None else params
         return self._generate_jit(self.graphdef, params, decode_state, self._stop_array, self.decode_steps)
 
     # --------------------------------------------------------------------------------------- sq-jax API

@@ -100,7 +100,7 @@ def run_loop(
             live[slot] = (index, request, [])
         if not live:
             break
-        state, result = engine.generate(engine.params, state)
+        state, result = engine.decode_block(state)
         result.copy_to_host_async()
         inflight.append((result, {slot: entry[0] for slot, entry in live.items()}))
         stats.steps += steps

@@ -6,7 +6,9 @@ Per-request keys (`fold_in(request_key, token_index)`) make a sample independent
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -70,3 +72,28 @@ def request_key(seed: int) -> jax.Array:
 def token_key(key_data: jax.Array, index: jax.Array) -> jax.Array:
     """The key of a request's `index`-th generated token."""
     return jax.random.fold_in(jax.random.wrap_key_data(key_data), index)
+
+
+# JetStream's DecodeRequest has no sampling fields; sq-jax sends them as JSON in `session_cache`.
+SAMPLING_KEY = "sq_jax"
+_REQUEST_FIELDS = ("temperature", "top_p", "top_k", "seed")
+
+
+def sampling_to_session_cache(sampling: SamplingParams) -> str:
+    return json.dumps({SAMPLING_KEY: {name: getattr(sampling, name) for name in _REQUEST_FIELDS}})
+
+
+def sampling_from_request(session_cache: str, max_tokens: int, default: SamplingParams) -> SamplingParams:
+    """Per-request settings from `session_cache` JSON over `default`; `max_tokens` 0 means the default."""
+    overrides: dict[str, Any] = {}
+    if session_cache:
+        try:
+            overrides = dict(json.loads(session_cache)[SAMPLING_KEY])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"session_cache must be JSON {{{SAMPLING_KEY!r}: {{...}}}}, got {session_cache!r}") from e
+        unknown = set(overrides) - set(_REQUEST_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown sampling fields {sorted(unknown)}; allowed: {', '.join(_REQUEST_FIELDS)}")
+    if max_tokens:
+        overrides["max_tokens"] = max_tokens
+    return dataclasses.replace(default, **overrides)

@@ -1,0 +1,190 @@
+"""`sq-jax generate CONFIG`: prompts (records, or the pre-query template and a count) -> sharded JSONL outputs.
+
+Shards are written atomically once every request in them is done, and listed in `_manifest.json`; a rerun skips
+finished shards, so a killed job resumes without losing or duplicating a record. Each request's seed derives
+from the job seed and the request's stable id, so outputs do not depend on batching, order or resumption.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from tqdm.auto import tqdm
+
+from sq_jax.configlib import config_hash, to_dict
+from sq_jax.data.sources import read_records, write_jsonl
+from sq_jax.models.tokenizer import PromptFormat, encode_prompt
+from sq_jax.sampling.loop import Completion, Request, run_loop
+from sq_jax.sampling.sampling import SamplingParams
+from sq_jax.sampling.server import EngineSettings, build_engine
+
+log = logging.getLogger(__name__)
+MANIFEST = "_manifest.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSection:
+    mode: Literal["pre_query", "solver", "judge", "text"] = "pre_query"
+    count: int = 0  # pre_query: how many questions to synthesise
+    path: str | None = None  # solver / judge / text: records to read
+    field: str = "question"  # the field holding the question (solver, judge) or the full prompt (text)
+    id_field: str = "id"
+    limit: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSection:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 512
+    seed: int = 0
+    stop: list[str] = dataclasses.field(default_factory=list)  # extra stop strings cut from the text
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    model: str
+    output_dir: str
+    prompts: PromptSection = dataclasses.field(default_factory=PromptSection)
+    samples_per_prompt: int = 1
+    sampling: SamplingSection = dataclasses.field(default_factory=SamplingSection)
+    engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
+    backend: Literal["jetstream", "raw"] = "jetstream"
+    shard_size: int = 1000
+    window: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.samples_per_prompt < 1 or self.shard_size < 1:
+            raise ValueError("samples_per_prompt and shard_size must be >= 1")
+        if self.prompts.mode == "pre_query" and self.prompts.count < 1:
+            raise ValueError("prompts.count must be >= 1 for mode pre_query")
+        if self.prompts.mode != "pre_query" and not self.prompts.path:
+            raise ValueError(f"prompts.path is required for mode {self.prompts.mode}")
+
+
+def request_seed(job_seed: int, request_id: str) -> int:
+    digest = hashlib.sha256(f"{job_seed}/{request_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def build_prompts(cfg: GenerateConfig, fmt: PromptFormat) -> list[tuple[str, str, dict]]:
+    """(prompt id, prompt text, fields to carry into the output) in a stable order."""
+    p = cfg.prompts
+    if p.mode == "pre_query":
+        return [(f"q{i:09d}", fmt.pre_query_template, {}) for i in range(p.count)]
+    records = read_records(p.path, fields=[p.field], limit=p.limit)
+    render = {"solver": fmt.solver_prompt, "judge": fmt.judge_prompt, "text": lambda text: text}[p.mode]
+    out, seen = [], set()
+    for r in records:
+        pid = str(r.data.get(p.id_field, f"{Path(r.source).name}:{r.line}"))
+        if pid in seen:
+            raise ValueError(f"{r.source}:{r.line}: duplicate prompt id {pid!r} (ids must be unique)")
+        seen.add(pid)
+        out.append((pid, render(str(r.data[p.field])), {p.field: r.data[p.field]}))
+    return out
+
+
+def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    cut = min((text.find(s) for s in stops if s in text), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _manifest(out: Path) -> dict:
+    path = out / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_manifest(out: Path, manifest: dict) -> None:
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    os.replace(tmp, out / MANIFEST)
+
+
+def run_generate(cfg: GenerateConfig) -> dict:
+    """Run (or resume) a generation job; returns the manifest."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    digest = config_hash(to_dict(cfg) | {"output_dir": None, "window": None, "backend": None})
+    manifest = _manifest(out)
+    if manifest and manifest.get("config_hash") != digest:
+        raise ValueError(f"{out / MANIFEST}: written by a different config (hash {manifest.get('config_hash')}, "
+                         f"now {digest}); use a new output_dir")
+    s = cfg.sampling
+    default = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens)
+    engine = build_engine(cfg.model, cfg.engine, default, jetstream_api=cfg.backend == "jetstream")
+    tokenizer, fmt = engine.hf_tokenizer, engine.prompt_format
+    stops = list(s.stop)
+    prompts = build_prompts(cfg, fmt)
+    items = [(pid, j, text, carry) for pid, text, carry in prompts for j in range(cfg.samples_per_prompt)]
+    shards = [items[i : i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
+    finished = set(manifest.get("finished_shards", []))
+    manifest = {"config_hash": digest, "num_requests": len(items), "num_shards": len(shards),
+                "finished_shards": sorted(finished), "stats": manifest.get("stats", {})}
+    _write_manifest(out, manifest)
+    todo = [k for k in range(len(shards)) if k not in finished]
+    encoded: dict[str, list[int]] = {}
+
+    def requests() -> Iterator[Request]:
+        for k in todo:
+            for pid, j, text, _ in shards[k]:
+                ids = encoded.setdefault(text, encode_prompt(tokenizer, text))
+                rid = f"{pid}#{j}"
+                sampling = dataclasses.replace(default, seed=request_seed(s.seed, rid))
+                yield Request(ids, sampling, id=(k, rid))
+
+    pending: dict[int, dict[str, Completion]] = {k: {} for k in todo}
+    bar = tqdm(total=sum(len(shards[k]) for k in todo), desc="generate", unit="req")
+    started, tokens = time.perf_counter(), 0
+
+    def on_complete(done: Completion) -> None:
+        nonlocal tokens
+        k, rid = done.id
+        pending[k][rid] = done
+        tokens += len(done.token_ids)
+        bar.update(1)
+        bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - started, 1e-9):,.0f}")
+        if len(pending[k]) == len(shards[k]):
+            _finish_shard(k)
+
+    def _finish_shard(k: int) -> None:
+        rows, counts = [], {"ok": 0, "error": 0, "stop": 0, "length": 0, "cache": 0, "stop_string": 0}
+        for pid, j, text, carry in shards[k]:
+            done = pending[k][f"{pid}#{j}"]
+            output, hit = cut_at_stop(tokenizer.decode(done.token_ids), stops)
+            counts[done.finish_reason] += 1
+            counts["stop_string"] += hit
+            counts["ok"] += done.finish_reason != "error"
+            rows.append({"id": f"{pid}#{j}", "prompt_id": pid, "sample": j, **carry, "prompt": text,
+                         "output": output, "finish_reason": "stop" if hit else done.finish_reason,
+                         "num_tokens": len(done.token_ids), "error": done.error})
+        write_jsonl(out / f"shard-{k:05d}.jsonl", rows)
+        finished.add(k)
+        for key, value in counts.items():
+            manifest["stats"][key] = manifest["stats"].get(key, 0) + value
+        manifest["finished_shards"] = sorted(finished)
+        _write_manifest(out, manifest)
+        del pending[k]
+
+    if todo:
+        if cfg.backend == "jetstream":
+            from sq_jax.sampling.offline import run_driver
+
+            run_driver(engine, requests(), window=cfg.window, on_complete=on_complete)
+        else:
+            run_loop(engine, requests(), on_complete=on_complete)
+    bar.close()
+    elapsed = time.perf_counter() - started
+    manifest["stats"]["last_run"] = {"requests": sum(len(shards[k]) for k in todo), "output_tokens": tokens,
+                                     "seconds": elapsed, "tokens_per_s": tokens / max(elapsed, 1e-9),
+                                     "engine": dict(engine.stats)}
+    _write_manifest(out, manifest)
+    return manifest

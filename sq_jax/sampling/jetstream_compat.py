@@ -1,0 +1,170 @@
+"""The one door to JetStream (google-jetstream 0.2.2): import it lazily and fix what it gets wrong on current JAX.
+
+- `jax.tree_map` is gone from JAX but the orchestrator calls it: shim it.
+- Importing the orchestrator sets the root logger to DEBUG with a stdout handler: undo that.
+- `engine_api` pulls seqio and TensorFlow: only imported here, only when serving; TF logs are silenced.
+- The server binds `[::]`: we bind a host we choose (loopback by default).
+- Prefill errors killed the process (JetThread SIGKILLs); here they fail that request only.
+- Requests carry no sampling settings and token requests get a BOS prepended: `SqDriver` reads per-request
+  sampling (JSON in `session_cache`) and tokenizes without adding special tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import threading
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from sq_jax.sampling.engine import Engine
+from sq_jax.sampling.sampling import SamplingParams, sampling_from_request
+
+log = logging.getLogger(__name__)
+_import_lock = threading.Lock()
+
+
+@functools.cache
+def jetstream() -> Any:
+    """Import JetStream's modules with the fixes applied; returns a namespace of them."""
+    with _import_lock:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        if not hasattr(jax, "tree_map"):
+            jax.tree_map = jax.tree.map
+        root = logging.getLogger()
+        level, handlers = root.level, list(root.handlers)
+        from jetstream.core import orchestrator, server_lib
+        from jetstream.core.proto import jetstream_pb2, jetstream_pb2_grpc
+        from jetstream.engine import engine_api, tokenizer_api, tokenizer_pb2
+
+        root.setLevel(level)
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        for name in ("jetstream", "absl"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    return _Namespace(orchestrator=orchestrator, server_lib=server_lib, engine_api=engine_api,
+                      tokenizer_api=tokenizer_api, tokenizer_pb2=tokenizer_pb2, jetstream_pb2=jetstream_pb2,
+                      jetstream_pb2_grpc=jetstream_pb2_grpc)
+
+
+@dataclasses.dataclass
+class _Namespace:
+    orchestrator: Any
+    server_lib: Any
+    engine_api: Any
+    tokenizer_api: Any
+    tokenizer_pb2: Any
+    jetstream_pb2: Any
+    jetstream_pb2_grpc: Any
+
+
+@functools.cache
+def _classes() -> tuple[type, type, type]:
+    js = jetstream()
+
+    class HFTokenizer(js.tokenizer_api.Tokenizer):
+        """A Hugging Face tokenizer behind JetStream's Tokenizer API, stopping on the family's stop ids."""
+
+        def __init__(self, tokenizer: Any, stop_ids: tuple[int, ...]):
+            self.hf = tokenizer
+            self._stop = set(stop_ids)
+
+        def encode(self, s: str, **kwargs: Any):
+            ids = self.hf(s, add_special_tokens=False)["input_ids"]
+            return jnp.asarray(ids, jnp.int32), len(ids)
+
+        def decode(self, token_ids: list[int], **kwargs: Any) -> str:
+            return self.hf.decode(token_ids)
+
+        @property
+        def pad_id(self) -> int:
+            return int(self.hf.pad_token_id if self.hf.pad_token_id is not None else 0)
+
+        @property
+        def eos_id(self) -> int:
+            return int(self.hf.eos_token_id)
+
+        @property
+        def bos_id(self) -> int:
+            return int(self.hf.bos_token_id if self.hf.bos_token_id is not None else self.pad_id)
+
+        @property
+        def stop_tokens(self) -> set[int]:
+            return self._stop
+
+    class JetStreamEngine(Engine, js.engine_api.Engine):
+        """`Engine` as a JetStream engine: results wrapped in ResultTokens, a HF tokenizer plugged in."""
+
+        def __init__(self, model: Any, tokenizer: Any, *, default_sampling: SamplingParams, **kwargs: Any):
+            Engine.__init__(self, model, **kwargs)
+            self.hf_tokenizer = tokenizer
+            self.default_sampling = default_sampling
+
+        def generate(self, params: Any, decode_state: Any):
+            state, data = self.decode_block(decode_state, params)
+            k = self.decode_steps
+            return state, js.engine_api.ResultTokens(
+                data=data, tokens_idx=(0, k), valid_idx=(k, 2 * k), length_idx=(2 * k, 2 * k + 1),
+                samples_per_slot=1,
+            )
+
+        def get_tokenizer(self):
+            return js.tokenizer_pb2.TokenizerParameters(path="huggingface")
+
+        def build_tokenizer(self, metadata: Any) -> HFTokenizer:
+            return HFTokenizer(self.hf_tokenizer, self.stop_ids)
+
+    class SqDriver(js.orchestrator.Driver):
+        """JetStream's driver with per-request sampling, exact tokenization and failures kept to one request."""
+
+        def place_request_on_prefill_queue(self, request: Any) -> None:
+            engine = self._prefill_engines[0]
+            # Validation happens here, in the caller's thread, so a bad request is refused before it is queued.
+            request.sampling = sampling_from_request(request.history_path or "", request.max_tokens,
+                                                     engine.default_sampling)
+            request.max_tokens = request.sampling.max_tokens
+            super().place_request_on_prefill_queue(request)
+
+        def _prefill_thread(self, idx: int) -> None:
+            engine = self._prefill_engines[idx]
+            tokenizer = engine.build_tokenizer(engine.get_tokenizer())
+            while self.live:
+                request = self._prefill_backlog.get(block=True)
+                if request is None:
+                    break
+                content = request.prefill_content
+                try:
+                    ids = tokenizer.hf(content, add_special_tokens=False)["input_ids"] \
+                        if isinstance(content, str) else list(content)
+                    prefix = engine.prefill_request(ids, request.sampling)
+                    # The driver deletes what it inserts; cached prefixes must survive, so hand over a copy.
+                    prefix = jax.tree.map(jnp.copy, prefix)
+                except Exception as e:  # noqa: BLE001 - any failure of one request fails that request only
+                    log.warning("request failed in prefill (%s): %s", type(e).__name__, e)
+                    request.return_channel.set_exception(e)
+                    continue
+                request.prefill_result = prefix
+                self._transfer_backlogs[idx].put(request, block=True)
+
+    return HFTokenizer, JetStreamEngine, SqDriver
+
+
+def jetstream_engine_class() -> type:
+    return _classes()[1]
+
+
+def sq_driver_class() -> type:
+    return _classes()[2]
+
+
+def make_driver(engine: Any) -> Any:
+    """An interleaved in-process driver (one engine prefills and generates). Call `.stop()` when done."""
+    return sq_driver_class()(
+        prefill_engines=[engine], generate_engines=[engine], prefill_params=[engine.params],
+        generate_params=[engine.params], interleaved_mode=True,
+    )
