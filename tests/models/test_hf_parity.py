@@ -81,64 +81,10 @@ def test_score_head_matches_sequence_classification(variant, tmp_path):
     np.testing.assert_allclose(pooled, expected, atol=TOL)
 
 
-def _llama_to_internlm2(torch_model, cfg_extra=None) -> tuple[dict, dict]:
-    """InternLM2 checkpoint (packed wqkv, its own names) holding the same weights as a Llama model."""
-    c = torch_model.config
-    sd = {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}
-    heads, kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-    g = heads // kv
-    out = {
-        "model.tok_embeddings.weight": sd["model.embed_tokens.weight"],
-        "model.norm.weight": sd["model.norm.weight"],
-    }
-    if "lm_head.weight" in sd:
-        out["output.weight"] = sd["lm_head.weight"]
-    for i in range(c.num_hidden_layers):
-        p = f"model.layers.{i}."
-        q = sd[p + "self_attn.q_proj.weight"].reshape(kv, g, d, -1)
-        k = sd[p + "self_attn.k_proj.weight"].reshape(kv, 1, d, -1)
-        v = sd[p + "self_attn.v_proj.weight"].reshape(kv, 1, d, -1)
-        out[p + "attention.wqkv.weight"] = np.concatenate([q, k, v], axis=1).reshape(-1, c.hidden_size)
-        out[p + "attention.wo.weight"] = sd[p + "self_attn.o_proj.weight"]
-        out[p + "feed_forward.w1.weight"] = sd[p + "mlp.gate_proj.weight"]
-        out[p + "feed_forward.w3.weight"] = sd[p + "mlp.up_proj.weight"]
-        out[p + "feed_forward.w2.weight"] = sd[p + "mlp.down_proj.weight"]
-        out[p + "attention_norm.weight"] = sd[p + "input_layernorm.weight"]
-        out[p + "ffn_norm.weight"] = sd[p + "post_attention_layernorm.weight"]
-    config = {
-        "architectures": ["InternLM2ForCausalLM"],
-        "model_type": "internlm2",
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.hidden_size,
-        "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.num_hidden_layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv,
-        "hidden_act": "silu",
-        "max_position_embeddings": c.max_position_embeddings,
-        "rms_norm_eps": c.rms_norm_eps,
-        "rope_theta": 10000.0,
-        "rope_scaling": None,
-        "bias": False,
-        "tie_word_embeddings": False,
-        "pad_token_id": 0,
-        **(cfg_extra or {}),
-    }
-    return {k: np.ascontiguousarray(v) for k, v in out.items()}, config
-
-
-def _write_checkpoint(path, tensors, config):
-    from safetensors.numpy import save_file
-
-    path.mkdir(parents=True)
-    save_file(tensors, str(path / "model.safetensors"))
-    (path / "config.json").write_text(json.dumps(config))
-
-
 def test_internlm2_packed_wqkv_matches_llama(tmp_path):
     torch_model = hf_tiny.make_model("llama_gqa")
-    tensors, config = _llama_to_internlm2(torch_model)
-    _write_checkpoint(tmp_path / "internlm2", tensors, config)
+    tensors, config = hf_tiny.llama_to_internlm2(torch_model)
+    hf_tiny.write_checkpoint(tmp_path / "internlm2", tensors, config)
     ids, mask = hf_tiny.batch()
     expected = hf_tiny.torch_logits(torch_model, ids, mask)
     model = load_pretrained(tmp_path / "internlm2")
@@ -156,11 +102,11 @@ def test_internlm2_packed_wqkv_matches_llama(tmp_path):
 
 def test_internlm2_reward_v_head(tmp_path):
     torch_model = hf_tiny.make_model("llama_gqa")
-    tensors, config = _llama_to_internlm2(torch_model, {"architectures": ["InternLM2ForRewardModel"]})
+    tensors, config = hf_tiny.llama_to_internlm2(torch_model, {"architectures": ["InternLM2ForRewardModel"]})
     tensors.pop("output.weight")
     v_head = np.random.default_rng(0).normal(size=(1, 32)).astype(np.float32)
     tensors["v_head.weight"] = v_head
-    _write_checkpoint(tmp_path / "reward", tensors, config)
+    hf_tiny.write_checkpoint(tmp_path / "reward", tensors, config)
     ids, mask = hf_tiny.batch(seed=2)
     with torch.no_grad():
         hidden = torch_model.model(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask))

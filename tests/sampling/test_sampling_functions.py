@@ -1,0 +1,83 @@
+"""Pure sampling functions on hand-made distributions."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sq_jax.sampling.sampling import SamplingParams, filter_logits, sample_token, sampling_from_request
+
+PROBS = np.array([0.05, 0.4, 0.1, 0.3, 0.15])  # sorted: 1 (.4), 3 (.3), 4 (.15), 2 (.1), 0 (.05)
+LOGITS = jnp.log(jnp.asarray(PROBS))
+
+
+def kept(temperature=1.0, top_p=1.0, top_k=0):
+    out = filter_logits(LOGITS, jnp.float32(temperature), jnp.float32(top_p), jnp.int32(top_k))
+    return sorted(np.flatnonzero(np.isfinite(np.asarray(out))).tolist())
+
+
+@pytest.mark.parametrize("top_p, expected", [
+    (1.0, [0, 1, 2, 3, 4]), (0.4, [1]), (0.41, [1, 3]), (0.7, [1, 3]), (0.71, [1, 3, 4]), (0.84, [1, 3, 4]),
+    (0.86, [1, 2, 3, 4]), (0.05, [1]),
+])
+def test_top_p_keeps_smallest_set_reaching_p(top_p, expected):
+    assert kept(top_p=top_p) == expected
+
+
+@pytest.mark.parametrize("top_k, expected", [(1, [1]), (2, [1, 3]), (3, [1, 3, 4]), (0, [0, 1, 2, 3, 4]),
+                                             (9, [0, 1, 2, 3, 4])])
+def test_top_k_keeps_k_most_likely(top_k, expected):
+    assert kept(top_k=top_k) == expected
+
+
+def test_top_k_then_top_p_on_renormalised_mass():
+    # top-k 3 leaves .4 .3 .15 (renormalised .47 .35 .18); top-p .8 then keeps the first two only.
+    assert kept(top_k=3, top_p=0.8) == [1, 3]
+
+
+def test_temperature_zero_is_greedy_and_deterministic():
+    keys = jax.random.split(jax.random.key(0), 20)
+    picks = {int(sample_token(LOGITS, k, jnp.float32(0.0), jnp.float32(1.0), jnp.int32(0))) for k in keys}
+    assert picks == {1}
+
+
+def test_sampled_frequencies_match_filtered_distribution():
+    keys = jax.random.split(jax.random.key(1), 20000)
+    draw = jax.jit(jax.vmap(lambda k: sample_token(LOGITS, k, jnp.float32(1.0), jnp.float32(0.86), jnp.int32(0))))
+    counts = np.bincount(np.asarray(draw(keys)), minlength=5)
+    expected = np.array([0, 0.4, 0.1, 0.3, 0.15]) / 0.95
+    assert counts[0] == 0
+    np.testing.assert_allclose(counts / counts.sum(), expected, atol=0.015)
+    # Temperature 2 flattens: frequencies follow p^(1/2) renormalised.
+    hot = jax.jit(jax.vmap(lambda k: sample_token(LOGITS, k, jnp.float32(2.0), jnp.float32(1.0), jnp.int32(0))))
+    counts = np.bincount(np.asarray(hot(keys)), minlength=5)
+    flat = np.sqrt(PROBS) / np.sqrt(PROBS).sum()
+    np.testing.assert_allclose(counts / counts.sum(), flat, atol=0.015)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
+    ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
+    ({"temperature": -0.1}, "temperature must be a finite number >= 0"),
+    ({"temperature": float("nan")}, "temperature must be a finite number"),
+    ({"top_k": -1}, "top_k must be >= 0"),
+    ({"max_tokens": 0}, "max_tokens must be >= 1"),
+])
+def test_bad_sampling_values_are_clear(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**kwargs)
+
+
+def test_request_sampling_json():
+    default = SamplingParams(temperature=0.7, max_tokens=99)
+    got = sampling_from_request('{"sq_jax": {"temperature": 0.0, "seed": 5}}', 0, default)
+    assert got == SamplingParams(temperature=0.0, seed=5, max_tokens=99)
+    assert sampling_from_request("", 7, default).max_tokens == 7
+    with pytest.raises(ValueError, match="unknown sampling fields"):
+        sampling_from_request('{"sq_jax": {"temp": 1}}', 0, default)
+    with pytest.raises(ValueError, match="session_cache must be JSON"):
+        sampling_from_request("history/path", 0, default)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        sampling_from_request('{"sq_jax": {"top_p": 0}}', 0, default)
