@@ -15,23 +15,24 @@ from sq_jax.models.config import ModelConfig
 
 @struct.dataclass
 class KVCache:
-    k: jax.Array  # [layers, batch, max_len, kv_heads, head_dim]
-    v: jax.Array  # [layers, batch, max_len, kv_heads, head_dim]
+    # One buffer per layer (not one stacked array): a step updates each in place instead of re-stacking the lot.
+    k: tuple[jax.Array, ...]  # per layer [batch, max_len, kv_heads, head_dim]
+    v: tuple[jax.Array, ...]
     positions: jax.Array  # [batch, max_len] int32
     segment_ids: jax.Array  # [batch, max_len] int32, 0 = empty
     lengths: jax.Array  # [batch] int32: entries written so far = next write offset
 
     @property
     def max_length(self) -> int:
-        return self.k.shape[2]
+        return self.k[0].shape[1]
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_length: int, dtype: jnp.dtype | str | None = None) -> KVCache:
     dtype = jnp.dtype(dtype or cfg.dtype)
-    shape = (cfg.num_layers, batch, max_length, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, max_length, cfg.num_kv_heads, cfg.head_dim)
     return KVCache(
-        k=jnp.zeros(shape, dtype),
-        v=jnp.zeros(shape, dtype),
+        k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+        v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
         positions=jnp.zeros((batch, max_length), jnp.int32),
         segment_ids=jnp.zeros((batch, max_length), jnp.int32),
         lengths=jnp.zeros((batch,), jnp.int32),

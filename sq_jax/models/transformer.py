@@ -194,8 +194,8 @@ class Transformer(nnx.Module):
         if cache is None:
             return x, None
         new_cache = KVCache(
-            k=jnp.stack(new_k),
-            v=jnp.stack(new_v),
+            k=tuple(new_k),
+            v=tuple(new_v),
             positions=kv_positions,
             segment_ids=kv_segments,
             lengths=cache.lengths + length,

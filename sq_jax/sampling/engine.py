@@ -8,6 +8,7 @@ JetStream base class and tokenizer hooks when serving.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 from collections.abc import Sequence
@@ -42,13 +43,14 @@ def prefill_buckets(max_prefill_length: int, smallest: int = 16) -> list[int]:
     return buckets + [max_prefill_length]
 
 
-def settings_of(sampling: SamplingParams) -> dict[str, jax.Array]:
+def settings_of(sampling: SamplingParams) -> dict[str, np.ndarray]:
+    # Host (numpy) scalars: building device scalars per request cost more than the prefill dispatch itself.
     return {
         "key": request_key(sampling.seed),
-        "temperature": jnp.float32(sampling.temperature),
-        "top_p": jnp.float32(sampling.top_p),
-        "top_k": jnp.int32(sampling.top_k),
-        "max_tokens": jnp.int32(sampling.max_tokens),
+        "temperature": np.float32(sampling.temperature),
+        "top_p": np.float32(sampling.top_p),
+        "top_k": np.int32(sampling.top_k),
+        "max_tokens": np.int32(sampling.max_tokens),
     }
 
 
@@ -92,9 +94,11 @@ class Engine:
         self._prefix_cache_size = prefix_cache_size
         self._lock = threading.Lock()
         self.stats = {"prefills": 0, "prefix_hits": 0, "truncated_prompts": 0}
-        self._prefill_jit = jax.jit(engine_core.prefill, static_argnums=0)
+        # The graph definition is bound, not passed as a static argument: hashing it per call costs ~0.5 ms.
+        self._prefill_jit = jax.jit(functools.partial(engine_core.prefill, self.graphdef))
         self._insert_jit = jax.jit(engine_core.insert, donate_argnums=1)
-        self._generate_jit = jax.jit(engine_core.generate, static_argnums=(0, 4), donate_argnums=2)
+        self._generate_jit = jax.jit(functools.partial(engine_core.generate, self.graphdef),
+                                     static_argnums=3, donate_argnums=1)
 
     # ------------------------------------------------------------------------------------ JetStream API
     @property
@@ -125,13 +129,15 @@ class Engine:
 
     def init_decode_state(self, *args: Any, **kwargs: Any) -> DecodeState:
         cfg, slots, length = self.config, self.max_slots, self.max_cache_length
-        kv_shape = (cfg.num_layers, slots, length, cfg.num_kv_heads, cfg.head_dim)
+        kv_shape = (slots, length, cfg.num_kv_heads, cfg.head_dim)
+        layers = range(cfg.num_layers)
         dtype = jnp.dtype(cfg.dtype)
 
         def make() -> DecodeState:
             zeros = jnp.zeros
             return DecodeState(
-                cache=KVCache(k=zeros(kv_shape, dtype), v=zeros(kv_shape, dtype),
+                cache=KVCache(k=tuple(zeros(kv_shape, dtype) for _ in layers),
+                              v=tuple(zeros(kv_shape, dtype) for _ in layers),
                               positions=zeros((slots, length), jnp.int32),
                               segment_ids=zeros((slots, length), jnp.int32), lengths=zeros((slots,), jnp.int32)),
                 tokens=zeros((slots,), jnp.int32), generated=zeros((slots,), jnp.int32),
@@ -144,8 +150,8 @@ class Engine:
         head_axes = self._axes_if_divisible("act_kv_heads", cfg.num_kv_heads)
 
         def sharding(x: jax.ShapeDtypeStruct) -> NamedSharding:
-            if x.ndim == 5:  # kv: [layers, slots, length, kv_heads, head_dim]
-                return NamedSharding(self._mesh, PartitionSpec(None, slot_axes, None, head_axes, None))
+            if x.ndim == 4:  # kv per layer: [slots, length, kv_heads, head_dim]
+                return NamedSharding(self._mesh, PartitionSpec(slot_axes, None, head_axes, None))
             return NamedSharding(self._mesh, PartitionSpec(slot_axes, *([None] * (x.ndim - 1))))
 
         return jax.jit(make, out_shardings=jax.tree.map(sharding, jax.eval_shape(make)))()
@@ -171,11 +177,11 @@ class Engine:
         key and settings, defaulting to greedy with seed 0."""
         settings = settings_of(sampling or SamplingParams(temperature=0.0))
         self.stats["prefills"] += 1
-        return self._prefill_jit(self.graphdef, params, jnp.asarray(padded_tokens, jnp.int32),
-                                 jnp.int32(true_length), existing_prefix, settings)
+        return self._prefill_jit(params, np.asarray(padded_tokens, np.int32), np.int32(true_length),
+                                 existing_prefix, settings)
 
     def insert(self, prefix: Prefix, decode_state: DecodeState, slot: int) -> DecodeState:
-        return self._insert_jit(prefix, decode_state, jnp.int32(slot))
+        return self._insert_jit(prefix, decode_state, np.int32(slot))
 
     def generate(self, params: nnx.State, decode_state: DecodeState) -> tuple[DecodeState, jax.Array]:
         return self.decode_block(decode_state, params)
@@ -183,7 +189,7 @@ class Engine:
     def decode_block(self, decode_state: DecodeState, params: nnx.State | None = None) -> tuple[DecodeState, jax.Array]:
         """`decode_steps` steps; results [slots, 2 * steps + 1]: tokens, validity, count at the first token."""
         params = self.params if params is None else params
-        return self._generate_jit(self.graphdef, params, decode_state, self._stop_array, self.decode_steps)
+        return self._generate_jit(params, decode_state, self._stop_array, self.decode_steps)
 
     # --------------------------------------------------------------------------------------- sq-jax API
     def fit_prompt(self, token_ids: Sequence[int]) -> list[int]:

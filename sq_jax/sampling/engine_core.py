@@ -19,8 +19,8 @@ from sq_jax.sampling.sampling import sample_token, token_key
 class Prefix:
     """One prefilled request: its KV entries (a length bucket), logits after its last token, its settings."""
 
-    k: jax.Array  # [layers, bucket, kv_heads, head_dim]
-    v: jax.Array
+    k: tuple[jax.Array, ...]  # per layer [bucket, kv_heads, head_dim]
+    v: tuple[jax.Array, ...]
     positions: jax.Array  # [bucket] int32
     segment_ids: jax.Array  # [bucket] int32, 0 past the true length
     length: jax.Array  # () int32: true tokens = next write offset
@@ -34,7 +34,7 @@ class Prefix:
 
 @struct.dataclass
 class DecodeState:
-    cache: KVCache  # k, v [layers, slots, max_len, kv_heads, head_dim]
+    cache: KVCache  # k, v per layer [slots, max_len, kv_heads, head_dim]
     tokens: jax.Array  # [slots] pending token (sampled, not yet emitted)
     generated: jax.Array  # [slots] tokens emitted so far
     active: jax.Array  # [slots] bool
@@ -59,18 +59,19 @@ def prefill(
     valid = (jnp.arange(bucket) < true_length).astype(jnp.int32)
     if existing is None:
         start = jnp.zeros((), jnp.int32)
-        shape = (model.config.num_layers, 1, bucket, model.config.num_kv_heads, model.config.head_dim)
+        shape = (1, bucket, model.config.num_kv_heads, model.config.head_dim)
         dtype = jnp.dtype(model.config.dtype)
+        layers = range(model.config.num_layers)
         cache = KVCache(
-            k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+            k=tuple(jnp.zeros(shape, dtype) for _ in layers), v=tuple(jnp.zeros(shape, dtype) for _ in layers),
             positions=jnp.zeros((1, bucket), jnp.int32), segment_ids=jnp.zeros((1, bucket), jnp.int32),
             lengths=jnp.zeros((1,), jnp.int32),
         )
     else:
         start = existing.length
-        pad = [(0, 0), (0, bucket), (0, 0), (0, 0)]
+        pad = [(0, bucket), (0, 0), (0, 0)]
         cache = KVCache(
-            k=jnp.pad(existing.k, pad)[:, None], v=jnp.pad(existing.v, pad)[:, None],
+            k=tuple(jnp.pad(x, pad)[None] for x in existing.k), v=tuple(jnp.pad(x, pad)[None] for x in existing.v),
             positions=jnp.pad(existing.positions, (0, bucket))[None],
             segment_ids=jnp.pad(existing.segment_ids, (0, bucket))[None],
             lengths=existing.length[None],
@@ -79,7 +80,7 @@ def prefill(
     out = model(tokens[None], positions[None], valid[None], cache)
     new = out.cache
     return Prefix(
-        k=new.k[:, 0], v=new.v[:, 0], positions=new.positions[0], segment_ids=new.segment_ids[0],
+        k=tuple(x[0] for x in new.k), v=tuple(x[0] for x in new.v), positions=new.positions[0], segment_ids=new.segment_ids[0],
         length=start + true_length, logits=out.logits[0, true_length - 1], **settings,
     )
 
@@ -92,11 +93,11 @@ def with_settings(prefix: Prefix, settings: dict[str, jax.Array]) -> Prefix:
 def insert(prefix: Prefix, state: DecodeState, slot: jax.Array) -> DecodeState:
     """Copy a prefix into `slot`, clearing what its previous request left, and sample its first token."""
     cache = state.cache
-    bucket = prefix.k.shape[1]
-    max_len = cache.k.shape[2]
-    zeros = (0,) * 3
-    k = jax.lax.dynamic_update_slice(cache.k, prefix.k[:, None].astype(cache.k.dtype), (0, slot) + zeros)
-    v = jax.lax.dynamic_update_slice(cache.v, prefix.v[:, None].astype(cache.v.dtype), (0, slot) + zeros)
+    bucket = prefix.k[0].shape[0]
+    max_len = cache.max_length
+    put_rows = lambda buf, new: jax.lax.dynamic_update_slice(buf, new[None].astype(buf.dtype), (slot, 0, 0, 0))  # noqa: E731
+    k = tuple(put_rows(buf, new) for buf, new in zip(cache.k, prefix.k))
+    v = tuple(put_rows(buf, new) for buf, new in zip(cache.v, prefix.v))
     row = lambda x: jnp.pad(x, (0, max_len - bucket))[None]  # noqa: E731
     positions = jax.lax.dynamic_update_slice(cache.positions, row(prefix.positions), (slot, 0))
     segments = jax.lax.dynamic_update_slice(cache.segment_ids, row(prefix.segment_ids), (slot, 0))
@@ -127,11 +128,18 @@ def generate(
     def one_step(state: DecodeState, _):
         cache = state.cache
         emit = state.tokens
-        room = cache.lengths < cache.k.shape[2]
+        room = cache.lengths < cache.max_length
         valid = state.active & (state.generated < state.max_tokens) & room
         out = model(emit[:, None], cache.lengths[:, None], jnp.ones_like(emit)[:, None], cache)
-        keys = jax.vmap(token_key)(state.keys, state.generated + 1)
-        nxt = jax.vmap(sample_token)(out.logits[:, -1], keys, state.temperature, state.top_p, state.top_k)
+        logits = out.logits[:, -1]
+
+        def sample_all():
+            keys = jax.vmap(token_key)(state.keys, state.generated + 1)
+            return jax.vmap(sample_token)(logits, keys, state.temperature, state.top_p, state.top_k)
+
+        # An all-greedy batch skips the sort-based filters entirely.
+        nxt = jax.lax.cond(jnp.any(state.temperature > 0), sample_all,
+                           lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32))
         stopped = jnp.isin(emit, stop_ids)
         generated = state.generated + valid.astype(jnp.int32)
         new_cache = out.cache.replace(lengths=jnp.where(valid, out.cache.lengths, cache.lengths))

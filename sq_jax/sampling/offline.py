@@ -45,6 +45,9 @@ def run_driver(
     bounded however many requests stream in.
     """
     js = jetstream()
+    if not hasattr(engine, "build_tokenizer"):
+        raise TypeError("run_driver needs a JetStream engine: build it with jetstream_compat.jetstream_engine_class() "
+                        "or server.build_engine(...)")
     window = window or 2 * engine.max_slots
     slots = threading.Semaphore(window)
     results: dict[int, Completion] = {}

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +65,12 @@ def sample_token(
     return jnp.where(temperature > 0, sampled, greedy)
 
 
-def request_key(seed: int) -> jax.Array:
-    """Raw key data (uint32[2]) of a request, storable in decode state."""
-    return jax.random.key_data(jax.random.key(seed))
+def request_key(seed: int) -> np.ndarray:
+    """Raw key data (uint32[2]) of `jax.random.key(seed)` under the default threefry PRNG, built on the host
+    (a device round trip per request is measurable); `key_data_matches_jax` in the tests pins the layout."""
+    if jax.config.jax_default_prng_impl != "threefry2x32":
+        return np.asarray(jax.random.key_data(jax.random.key(seed)))
+    return np.array([0, seed], np.uint32)
 
 
 def token_key(key_data: jax.Array, index: jax.Array) -> jax.Array:

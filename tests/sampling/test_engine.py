@@ -145,7 +145,7 @@ def test_sharded_engine_matches_single_device(engine):
     sharded = Engine(model, stop_ids=[63], max_slots=8, max_cache_length=64, max_prefill_length=32, decode_steps=4,
                      mesh=mesh)
     state = sharded.init_decode_state()
-    assert state.cache.k.sharding.spec == jax.sharding.PartitionSpec(None, ("data", "fsdp"), None, "tensor", None)
+    assert state.cache.k[0].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor", None)
     reqs = [Request([i + 2, 9, 4], SamplingParams(temperature=t, seed=i, max_tokens=10))
             for i, t in enumerate([0.0, 1.0, 0.7, 1.0, 0.0, 1.0])]
     with jax.set_mesh(mesh):

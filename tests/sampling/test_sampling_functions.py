@@ -81,3 +81,10 @@ def test_request_sampling_json():
         sampling_from_request("history/path", 0, default)
     with pytest.raises(ValueError, match="top_p must be in"):
         sampling_from_request('{"sq_jax": {"top_p": 0}}', 0, default)
+
+
+def test_request_key_matches_jax_key_data():
+    from sq_jax.sampling.sampling import request_key
+
+    for seed in (0, 1, 7, 2**31 - 1):
+        np.testing.assert_array_equal(request_key(seed), np.asarray(jax.random.key_data(jax.random.key(seed))))
