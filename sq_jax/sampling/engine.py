@@ -97,6 +97,9 @@ class Engine:
         # The graph definition is bound, not passed as a static argument: hashing it per call costs ~0.5 ms.
         self._prefill_jit = jax.jit(functools.partial(engine_core.prefill, self.graphdef))
         self._insert_jit = jax.jit(engine_core.insert, donate_argnums=1)
+        self._prefill_batch_jit = jax.jit(functools.partial(engine_core.prefill_batch, self.graphdef))
+        self._insert_batch_jit = jax.jit(engine_core.insert_batch, donate_argnums=1)
+        self._row_jit = jax.jit(engine_core.row_of)
         self._generate_jit = jax.jit(functools.partial(engine_core.generate, self.graphdef),
                                      static_argnums=3, donate_argnums=1)
 
@@ -214,14 +217,19 @@ class Engine:
         padded[: len(ids)] = ids
         return padded, len(ids)
 
-    def prefill_request(self, token_ids: Sequence[int], sampling: SamplingParams) -> Prefix:
-        """Prefill a prompt for one request, reusing the KV of an identical earlier prompt (prefix cache)."""
+    def check_request(self, token_ids: Sequence[int], sampling: SamplingParams) -> list[int]:
+        """The prompt as it will be prefilled; a ValueError when the request cannot run on this engine."""
         ids = self.fit_prompt(token_ids)
         if len(ids) + sampling.max_tokens > self.max_cache_length:
             raise ValueError(
                 f"prompt ({len(ids)} tokens) + max_tokens ({sampling.max_tokens}) exceeds the cache length "
                 f"{self.max_cache_length}"
             )
+        return ids
+
+    def prefill_request(self, token_ids: Sequence[int], sampling: SamplingParams) -> Prefix:
+        """Prefill a prompt for one request, reusing the KV of an identical earlier prompt (prefix cache)."""
+        ids = self.check_request(token_ids, sampling)
         key = tuple(ids)
         with self._lock:
             cached = self._prefix_cache.get(key)
@@ -231,8 +239,64 @@ class Engine:
         if cached is None:
             padded, true_length = self.pad_to_bucket(ids)
             cached = self.prefill(params=self.params, padded_tokens=padded, true_length=true_length)
-            with self._lock:
-                self._prefix_cache[key] = cached
-                while len(self._prefix_cache) > self._prefix_cache_size:
-                    self._prefix_cache.popitem(last=False)
+            self._remember(key, cached)
         return engine_core.with_settings(cached, settings_of(sampling))
+
+    def clear_prefix_cache(self) -> None:
+        with self._lock:
+            self._prefix_cache.clear()
+
+    def _remember(self, key: tuple[int, ...], prefix: Prefix) -> None:
+        with self._lock:
+            self._prefix_cache[key] = prefix
+            while len(self._prefix_cache) > self._prefix_cache_size:
+                self._prefix_cache.popitem(last=False)
+
+    def insert_many(self, requests: Sequence[tuple[Sequence[int], SamplingParams]], slots: Sequence[int],
+                    decode_state: DecodeState) -> DecodeState:
+        """Prefill and insert several requests with one forward pass per prompt bucket (prompts already fitted).
+
+        Cached prompts come from the prefix cache; identical prompts within the call are prefilled once.
+        """
+        misses: dict[tuple, list[int]] = {}
+        for i, (ids, sampling) in enumerate(requests):
+            # prefix_cache_size=0 turns reuse off entirely, in-call deduplication included (for comparisons).
+            key = tuple(ids) if self._prefix_cache_size else (i, *ids)
+            with self._lock:
+                cached = self._prefix_cache.get(key)
+            if cached is not None:
+                self.stats["prefix_hits"] += 1
+                prefix = engine_core.with_settings(cached, settings_of(sampling))
+                decode_state = self.insert(prefix, decode_state, slots[i])
+            else:
+                misses.setdefault(key, []).append(i)
+        by_bucket: dict[int, list[tuple[int, ...]]] = {}
+        for key in misses:
+            by_bucket.setdefault(next(b for b in self.buckets if b >= len(requests[misses[key][0]][0])), []).append(key)
+        for bucket, prompts in by_bucket.items():
+            rows = 1 << max(len(prompts) - 1, 0).bit_length()  # pad rows to a power of two: few compiles
+            tokens = np.zeros((rows, bucket), np.int32)
+            lengths = np.ones(rows, np.int32)
+            for r, key in enumerate(prompts):
+                ids = requests[misses[key][0]][0]
+                tokens[r, : len(ids)] = ids
+                lengths[r] = len(ids)
+            self.stats["prefills"] += len(prompts)
+            batch = self._prefill_batch_jit(self.params, tokens, lengths)
+            members = [(r, i) for r, key in enumerate(prompts) for i in misses[key]]
+            self.stats["prefix_hits"] += len(members) - len(prompts)
+            if len(prompts) <= 4 and self._prefix_cache_size:
+                # A few distinct prompts (question synthesis, n samples per question): keep them for later waves.
+                default = settings_of(SamplingParams(temperature=0.0))
+                for r, key in enumerate(prompts):
+                    self._remember(key, self._row_jit(batch, np.int32(r), default))
+            padded = 1 << max(len(members) - 1, 0).bit_length()
+            settings = [settings_of(requests[i][1]) for _, i in members]
+            stacked = {name: np.stack([s[name] for s in settings] + [settings[0][name]] * (padded - len(members)))
+                       for name in settings[0]}
+            row_ids = np.asarray([r for r, _ in members] + [0] * (padded - len(members)), np.int32)
+            slot_ids = np.asarray([slots[i] for _, i in members] + [0] * (padded - len(members)), np.int32)
+            decode_state = self._insert_batch_jit(batch, decode_state, row_ids, slot_ids, stacked,
+                                                  np.int32(len(members)))
+        return decode_state
+

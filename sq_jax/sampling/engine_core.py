@@ -154,3 +154,78 @@ def generate(
     state, (tokens, valid) = jax.lax.scan(one_step, state, None, length=steps)
     result = jnp.concatenate([tokens.T, valid.T, first_count[:, None]], axis=1).astype(jnp.int32)
     return state, result
+
+
+@struct.dataclass
+class PrefixBatch:
+    """Several prompts prefilled in one call (rows padded to a power of two, prompts to one bucket)."""
+
+    k: tuple[jax.Array, ...]  # per layer [rows, bucket, kv_heads, head_dim]
+    v: tuple[jax.Array, ...]
+    positions: jax.Array  # [rows, bucket]
+    segment_ids: jax.Array  # [rows, bucket]
+    lengths: jax.Array  # [rows]
+    logits: jax.Array  # [rows, vocab]
+
+
+def prefill_batch(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, true_lengths: jax.Array) -> PrefixBatch:
+    """Prefill `tokens` [rows, bucket] (each row its own prompt) in one forward pass."""
+    model: Transformer = nnx.merge(graphdef, params)
+    rows, bucket = tokens.shape
+    cfg = model.config
+    segments = (jnp.arange(bucket)[None, :] < true_lengths[:, None]).astype(jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(bucket, dtype=jnp.int32), (rows, bucket))
+    shape = (rows, bucket, cfg.num_kv_heads, cfg.head_dim)
+    dtype = jnp.dtype(cfg.dtype)
+    cache = KVCache(
+        k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+        v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+        positions=jnp.zeros((rows, bucket), jnp.int32), segment_ids=jnp.zeros((rows, bucket), jnp.int32),
+        lengths=jnp.zeros((rows,), jnp.int32),
+    )
+    out = model(tokens, positions, segments, cache)
+    last = jnp.take_along_axis(out.logits, jnp.maximum(true_lengths - 1, 0)[:, None, None], axis=1)[:, 0]
+    return PrefixBatch(k=out.cache.k, v=out.cache.v, positions=out.cache.positions,
+                       segment_ids=out.cache.segment_ids, lengths=true_lengths, logits=last)
+
+
+def row_of(batch: PrefixBatch, row: jax.Array, settings: dict[str, jax.Array]) -> Prefix:
+    """One request's prefix out of a batch (traced: no host round trip)."""
+    take = lambda x: jax.lax.dynamic_index_in_dim(x, row, keepdims=False)  # noqa: E731
+    return Prefix(k=tuple(take(x) for x in batch.k), v=tuple(take(x) for x in batch.v),
+                  positions=take(batch.positions), segment_ids=take(batch.segment_ids), length=take(batch.lengths),
+                  logits=take(batch.logits), **settings)
+
+
+def insert_batch(
+    batch: PrefixBatch, state: DecodeState, rows: jax.Array, slots: jax.Array, settings: dict[str, jax.Array],
+    count: jax.Array,
+) -> DecodeState:
+    """Insert `count` requests at once: request i takes prompt row `rows[i]` into `slots[i]` with settings[..][i].
+
+    One scatter per buffer (entries past `count` are dropped), not a loop of per-slot copies of the cache.
+    """
+    cache = state.cache
+    bucket, max_len = batch.positions.shape[1], cache.max_length
+    target = jnp.where(jnp.arange(slots.shape[0]) < count, slots, state.tokens.shape[0])  # out of range: dropped
+    put = lambda buf, values: buf.at[target].set(values.astype(buf.dtype), mode="drop")  # noqa: E731
+    kv = lambda buf, new: buf.at[target, :bucket].set(new[rows].astype(buf.dtype), mode="drop")  # noqa: E731
+    pad_row = lambda x: jnp.pad(x[rows], ((0, 0), (0, max_len - bucket)))  # noqa: E731
+    keys = jax.vmap(token_key)(settings["key"], jnp.zeros_like(rows))
+    first = jax.vmap(sample_token)(batch.logits[rows], keys, settings["temperature"], settings["top_p"],
+                                   settings["top_k"])
+    return DecodeState(
+        cache=KVCache(k=tuple(kv(b, n) for b, n in zip(cache.k, batch.k)),
+                      v=tuple(kv(b, n) for b, n in zip(cache.v, batch.v)),
+                      positions=put(cache.positions, pad_row(batch.positions)),
+                      segment_ids=put(cache.segment_ids, pad_row(batch.segment_ids)),
+                      lengths=put(cache.lengths, batch.lengths[rows])),
+        tokens=put(state.tokens, first),
+        generated=put(state.generated, jnp.zeros_like(rows)),
+        active=put(state.active, jnp.ones_like(rows, bool)),
+        keys=put(state.keys, settings["key"]),
+        temperature=put(state.temperature, settings["temperature"]),
+        top_p=put(state.top_p, settings["top_p"]),
+        top_k=put(state.top_k, settings["top_k"]),
+        max_tokens=put(state.max_tokens, settings["max_tokens"]),
+    )

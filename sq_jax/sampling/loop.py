@@ -85,10 +85,11 @@ def run_loop(
 
     while pending or live:
         t0 = time.perf_counter()
+        batch, slots = [], []
         while pending and free:
             index, request = pending.popleft()
             try:
-                prefix = engine.prefill_request(request.token_ids, request.sampling)
+                ids = engine.check_request(request.token_ids, request.sampling)
             except ValueError as e:
                 done = Completion(request.id if request.id is not None else index, [], "error", str(e))
                 order[index] = done
@@ -96,8 +97,11 @@ def run_loop(
                     on_complete(done)
                 continue
             slot = free.pop()
-            state = engine.insert(prefix, state, slot)
+            batch.append((ids, request.sampling))
+            slots.append(slot)
             live[slot] = (index, request, [])
+        if batch:
+            state = engine.insert_many(batch, slots, state)
         if not live:
             break
         state, result = engine.decode_block(state)
