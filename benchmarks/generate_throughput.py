@@ -39,15 +39,17 @@ def prompts(cfg: ModelConfig, batch: int, length: int, seed: int = 0) -> list[li
 
 
 def make_engine(model, cfg: ModelConfig, slots: int, prompt_len: int, new_tokens: int, steps: int,
-                prefix_cache: int = 32):
+                prefix_cache: int = 32, jetstream: bool = True):
     # The last id stands in for EOS; a random model almost never emits it, so every request runs to max_tokens.
+    kwargs = dict(stop_ids=[cfg.vocab_size - 1], max_slots=slots, max_cache_length=prompt_len + new_tokens + 8,
+                  max_prefill_length=max(prompt_len, 16), decode_steps=steps, prefix_cache_size=prefix_cache)
+    if not jetstream:  # machines without google-jetstream (the GPU box) run the raw engine only
+        from sq_jax.sampling.engine import Engine
+
+        return Engine(model, **kwargs)
     from sq_jax.sampling.jetstream_compat import jetstream_engine_class
 
-    return jetstream_engine_class()(
-        model, tiny_tokenizer(), default_sampling=SamplingParams(), stop_ids=[cfg.vocab_size - 1], max_slots=slots,
-        max_cache_length=prompt_len + new_tokens + 8, max_prefill_length=max(prompt_len, 16), decode_steps=steps,
-        prefix_cache_size=prefix_cache,
-    )
+    return jetstream_engine_class()(model, tiny_tokenizer(), default_sampling=SamplingParams(), **kwargs)
 
 
 def timed(fn, repeats: int = 3, engine=None):
@@ -182,7 +184,8 @@ def main() -> None:
         batch_prompts = prompts(cfg, batch * args.waves, args.prompt_len, seed=batch)
         reqs = [Request(p, SamplingParams(temperature=0.0, max_tokens=args.new_tokens)) for p in batch_prompts]
         batch_prompts = batch_prompts[:batch]  # transformers generates one batch of `batch` rows
-        engine = make_engine(model, cfg, batch, args.prompt_len, args.new_tokens, args.decode_steps)
+        engine = make_engine(model, cfg, batch, args.prompt_len, args.new_tokens, args.decode_steps,
+                             jetstream="driver" not in skip)
         row: dict = {}
         if "raw" not in skip:
             row["raw_engine"] = bench_raw(engine, reqs)
@@ -217,7 +220,8 @@ def main() -> None:
         reqs = [Request(shared, SamplingParams(temperature=1.0, top_p=0.99, max_tokens=16, seed=s)) for s in range(64)]
         timings = {}
         for name, size in (("prefix_reuse", 32), ("no_reuse", 0)):
-            engine = make_engine(model, cfg, 64, 256, 16, args.decode_steps, prefix_cache=size)
+            engine = make_engine(model, cfg, 64, 256, 16, args.decode_steps, prefix_cache=size,
+                                 jetstream="driver" not in skip)
             timings[name] = bench_raw(engine, reqs)["seconds"]
         report["prefix_reuse"] = {**timings, "speedup": timings["no_reuse"] / timings["prefix_reuse"]}
         print(json.dumps({"prefix_reuse": report["prefix_reuse"]}), flush=True)
