@@ -104,6 +104,13 @@ def run_loop(
             state = engine.insert_many(batch, slots, state)
         if not live:
             break
+        if inflight and all(
+            len(tokens) + steps * len(inflight) >= request.sampling.max_tokens for _, request, tokens in live.values()
+        ):
+            # The blocks in flight already reach every live request's max_tokens: another would be wasted work.
+            result, owners = inflight.popleft()
+            process(np.asarray(result), owners)
+            continue
         state, result = engine.decode_block(state)
         result.copy_to_host_async()
         inflight.append((result, {slot: entry[0] for slot, entry in live.items()}))

@@ -117,8 +117,8 @@ def test_bad_inputs_are_clear(micro_model, tmp_path):
         Trainer(make_config(micro_model, tmp_path / "o1", **{"data.sources": [{"path": str(bad)}]}))
 
     missing = tmp_path / "missing.jsonl"
-    missing.write_text('{"query": "q", "response": "r"}\n{"query": "q2"}\n')
-    with pytest.raises(DataError, match=r"missing.jsonl:2: required field 'response' is missing"):
+    missing.write_text('{"query": "q", "response": "r"}\n{"response": "r2"}\n')
+    with pytest.raises(DataError, match=r"missing.jsonl:2: required field 'query' is missing"):
         Trainer(make_config(micro_model, tmp_path / "o2", task="sft", **{"data.sources": [{"path": str(missing)}]}))
 
     empty = tmp_path / "empty.jsonl"
