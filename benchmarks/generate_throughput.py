@@ -18,17 +18,12 @@ import time
 import jax
 import numpy as np
 
+from shapes import SHAPES, qwen2_config, transformers_config
 from sq_jax.models.config import ModelConfig
 from sq_jax.models.init import init_model
 from sq_jax.sampling.loop import LoopStats, Request, run_loop
 from sq_jax.sampling.sampling import SamplingParams
 
-SHAPES = {
-    "tiny": dict(vocab_size=2048, hidden_size=256, intermediate_size=704, num_layers=4, num_heads=4, num_kv_heads=2,
-                 head_dim=64),
-    "1b": dict(vocab_size=32768, hidden_size=2048, intermediate_size=5632, num_layers=20, num_heads=16,
-               num_kv_heads=8, head_dim=128),
-}
 HBM_BYTES_PER_S = {"NVIDIA H100": 3.35e12, "NVIDIA H200": 4.8e12, "TPU v5 lite": 0.82e12, "TPU v5p": 2.76e12,
                    "TPU v4": 1.2e12}
 
@@ -135,11 +130,7 @@ def bench_torch(cfg: ModelConfig, batch_prompts: list[list[int]], new_tokens: in
     import torch
     import transformers
 
-    hf_cfg = transformers.Qwen2Config(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=False, attn_implementation="sdpa",
-    )
+    hf_cfg = transformers_config(cfg)
     torch.manual_seed(0)
     torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
     model = transformers.Qwen2ForCausalLM(hf_cfg).to(device=device, dtype=torch_dtype).eval()
@@ -173,8 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
-    cfg = ModelConfig(family="qwen2", qkv_bias=True, max_position_embeddings=8192, dtype=args.dtype,
-                      param_dtype=args.dtype, **SHAPES[args.shape])
+    cfg = qwen2_config(args.shape, dtype=args.dtype, param_dtype=args.dtype)
     model = init_model(cfg, seed=0)
     device = jax.devices()[0]
     report: dict = {"device": device.device_kind, "shape": args.shape, "params": cfg.num_params(),

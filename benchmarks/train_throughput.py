@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from shapes import SHAPES, qwen2_config, transformers_config
 from sq_jax.models.config import ModelConfig
 from sq_jax.models.init import init_model
 from sq_jax.parallel.mesh import make_mesh
@@ -26,19 +27,6 @@ from sq_jax.train.metrics import device_peak_tflops, training_flops_per_token
 from sq_jax.train.optim import make_optimizer
 from sq_jax.train.step import lm_loss, make_train_step
 
-SHAPES = {
-    # The tiny default's shape (vocab padded like the real tokenizer would be).
-    "tiny": dict(vocab_size=2048, hidden_size=256, intermediate_size=704, num_layers=4, num_heads=4, num_kv_heads=2,
-                 head_dim=64),
-    # ~1.2B: Qwen2.5-1.5B-like proportions with a 32K vocab.
-    "1b": dict(vocab_size=32768, hidden_size=2048, intermediate_size=5632, num_layers=20, num_heads=16,
-               num_kv_heads=8, head_dim=128),
-}
-
-
-def model_config(shape: str, dtype: str, remat: str) -> ModelConfig:
-    return ModelConfig(family="qwen2", qkv_bias=True, max_position_embeddings=8192, dtype=dtype,
-                       param_dtype="float32", remat=remat, **SHAPES[shape])
 
 
 def bench_jax(cfg: ModelConfig, batch: int, seq: int, steps: int, warmup: int) -> dict:
@@ -76,12 +64,7 @@ def bench_torch(cfg: ModelConfig, batch: int, seq: int, steps: int, warmup: int,
     import torch
     import transformers
 
-    hf_cfg = transformers.Qwen2Config(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=False,
-        attn_implementation="sdpa",
-    )
+    hf_cfg = transformers_config(cfg)
     torch.manual_seed(0)
     model = transformers.Qwen2ForCausalLM(hf_cfg).to(device)
     if cfg.remat != "none":
@@ -127,7 +110,7 @@ def main() -> None:
                         help="run one side (on a GPU run each in its own process: both frameworks grab memory)")
     args = parser.parse_args()
 
-    cfg = model_config(args.shape, args.dtype, args.remat)
+    cfg = qwen2_config(args.shape, dtype=args.dtype, param_dtype="float32", remat=args.remat)
     device = jax.devices()[0]
     flops_per_token = training_flops_per_token(cfg, args.seq)
     peak = device_peak_tflops(device)

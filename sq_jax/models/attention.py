@@ -8,7 +8,6 @@ Packed rows (several examples per row) and KV caches (slots holding one request 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 
 def make_attention_mask(

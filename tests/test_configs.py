@@ -1,0 +1,26 @@
+"""Every config shipped in configs/ loads into its dataclass (a typo or stale key fails here, not on a pod)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sq_jax.configlib import load_config
+from sq_jax.sampling.generate_job import GenerateConfig
+from sq_jax.train.config import TrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+KINDS = {"qft": TrainConfig, "sft": TrainConfig, "generate": GenerateConfig}
+
+
+def test_every_config_folder_has_a_loader():
+    assert {p.name for p in CONFIGS.iterdir() if p.is_dir()} <= set(KINDS)
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.glob("*/*.yaml")))
+def test_config_loads(path):
+    kind = Path(path).parts[0]
+    cfg = load_config(KINDS[kind], CONFIGS / path)
+    if kind in ("qft", "sft"):
+        assert cfg.task == kind
