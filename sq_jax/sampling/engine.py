@@ -93,6 +93,10 @@ class Engine:
         self._prefix_cache: collections.OrderedDict[tuple[int, ...], Prefix] = collections.OrderedDict()
         self._prefix_cache_size = prefix_cache_size
         self._lock = threading.Lock()
+        # Every device computation is enqueued under this lock. Programs over several devices (sharded params)
+        # must reach every device in the same order, or their collectives can pair up wrongly (XLA aborts);
+        # JetStream calls prefill and generate from different threads.
+        self.dispatch_lock = threading.RLock()
         self.stats = {"prefills": 0, "prefix_hits": 0, "truncated_prompts": 0}
         # The graph definition is bound, not passed as a static argument: hashing it per call costs ~0.5 ms.
         self._prefill_jit = jax.jit(functools.partial(engine_core.prefill, self.graphdef))
@@ -157,7 +161,8 @@ class Engine:
                 return NamedSharding(self._mesh, PartitionSpec(slot_axes, None, head_axes, None))
             return NamedSharding(self._mesh, PartitionSpec(slot_axes, *([None] * (x.ndim - 1))))
 
-        return jax.jit(make, out_shardings=jax.tree.map(sharding, jax.eval_shape(make)))()
+        with self.dispatch_lock:
+            return jax.jit(make, out_shardings=jax.tree.map(sharding, jax.eval_shape(make)))()
 
     def _axes_if_divisible(self, logical: str, size: int):
         """The mesh axes of `logical` when they divide `size`; replicated otherwise (e.g. 2 kv heads, tensor 8)."""
@@ -180,11 +185,13 @@ class Engine:
         key and settings, defaulting to greedy with seed 0."""
         settings = settings_of(sampling or SamplingParams(temperature=0.0))
         self.stats["prefills"] += 1
-        return self._prefill_jit(params, np.asarray(padded_tokens, np.int32), np.int32(true_length),
-                                 existing_prefix, settings)
+        with self.dispatch_lock:
+            return self._prefill_jit(params, np.asarray(padded_tokens, np.int32), np.int32(true_length),
+                                     existing_prefix, settings)
 
     def insert(self, prefix: Prefix, decode_state: DecodeState, slot: int) -> DecodeState:
-        return self._insert_jit(prefix, decode_state, np.int32(slot))
+        with self.dispatch_lock:
+            return self._insert_jit(prefix, decode_state, np.int32(slot))
 
     def generate(self, params: nnx.State, decode_state: DecodeState) -> tuple[DecodeState, jax.Array]:
         return self.decode_block(decode_state, params)
@@ -192,7 +199,8 @@ class Engine:
     def decode_block(self, decode_state: DecodeState, params: nnx.State | None = None) -> tuple[DecodeState, jax.Array]:
         """`decode_steps` steps; results [slots, 2 * steps + 1]: tokens, validity, count at the first token."""
         params = self.params if params is None else params
-        return self._generate_jit(params, decode_state, self._stop_array, self.decode_steps)
+        with self.dispatch_lock:
+            return self._generate_jit(params, decode_state, self._stop_array, self.decode_steps)
 
     # --------------------------------------------------------------------------------------- sq-jax API
     def fit_prompt(self, token_ids: Sequence[int]) -> list[int]:
@@ -282,21 +290,24 @@ class Engine:
                 tokens[r, : len(ids)] = ids
                 lengths[r] = len(ids)
             self.stats["prefills"] += len(prompts)
-            batch = self._prefill_batch_jit(self.params, tokens, lengths)
+            with self.dispatch_lock:
+                batch = self._prefill_batch_jit(self.params, tokens, lengths)
             members = [(r, i) for r, key in enumerate(prompts) for i in misses[key]]
             self.stats["prefix_hits"] += len(members) - len(prompts)
             if len(prompts) <= 4 and self._prefix_cache_size:
                 # A few distinct prompts (question synthesis, n samples per question): keep them for later waves.
                 default = settings_of(SamplingParams(temperature=0.0))
                 for r, key in enumerate(prompts):
-                    self._remember(key, self._row_jit(batch, np.int32(r), default))
+                    with self.dispatch_lock:
+                        self._remember(key, self._row_jit(batch, np.int32(r), default))
             padded = 1 << max(len(members) - 1, 0).bit_length()
             settings = [settings_of(requests[i][1]) for _, i in members]
             stacked = {name: np.stack([s[name] for s in settings] + [settings[0][name]] * (padded - len(members)))
                        for name in settings[0]}
             row_ids = np.asarray([r for r, _ in members] + [0] * (padded - len(members)), np.int32)
             slot_ids = np.asarray([slots[i] for _, i in members] + [0] * (padded - len(members)), np.int32)
-            decode_state = self._insert_batch_jit(batch, decode_state, row_ids, slot_ids, stacked,
-                                                  np.int32(len(members)))
+            with self.dispatch_lock:
+                decode_state = self._insert_batch_jit(batch, decode_state, row_ids, slot_ids, stacked,
+                                                      np.int32(len(members)))
         return decode_state
 
