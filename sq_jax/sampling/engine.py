@@ -76,12 +76,12 @@ class Engine:
             raise ValueError(f"max_prefill_length={max_prefill_length} exceeds max_cache_length={max_cache_length}")
         vocab = model.config.vocab_size
         bad = [i for i in stop_ids if not 0 <= int(i) < vocab]
-        if bad or not stop_ids:
-            raise ValueError(f"stop token ids {bad or list(stop_ids)} are not ids of this vocabulary (size {vocab})")
+        if bad:
+            raise ValueError(f"stop token ids {bad} are not ids of this vocabulary (size {vocab})")
         self.config = model.config
         self.graphdef, self.params = nnx.split(model, nnx.Param)
         self.stop_ids = tuple(int(i) for i in stop_ids)
-        self._stop_array = jnp.asarray(self.stop_ids, jnp.int32)
+        self._stop_array = jnp.asarray(self.stop_ids, jnp.int32).reshape(-1)  # may be empty: stop on max_tokens
         self.max_slots = max_slots
         self.max_cache_length = max_cache_length
         self._max_prefill_length = max_prefill_length
