@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sq_jax.sampling.engine import Engine
 from sq_jax.sampling.sampling import SamplingParams, sampling_from_request
@@ -104,10 +105,24 @@ def _classes() -> tuple[type, type, type]:
             Engine.__init__(self, model, **kwargs)
             self.hf_tokenizer = tokenizer
             self.default_sampling = default_sampling
+            # JetStream's generate thread runs ahead of detokenization, so after every request has hit its
+            # max_tokens it would decode one more block for nobody. The host knows each slot's last block.
+            self._blocks = 0
+            self._last_block: dict[int, int] = {}
+            self._idle = np.zeros((self.max_slots, 2 * self.decode_steps + 1), np.int32)
+
+        def insert(self, prefix: Any, decode_state: Any, slot: int) -> Any:
+            blocks = -(-int(prefix.max_tokens) // self.decode_steps)
+            self._last_block[slot] = self._blocks + blocks
+            return Engine.insert(self, prefix, decode_state, slot)
 
         def generate(self, params: Any, decode_state: Any):
-            state, data = self.decode_block(decode_state, params)
             k = self.decode_steps
+            if any(end > self._blocks for end in self._last_block.values()):
+                state, data = self.decode_block(decode_state, params)
+                self._blocks += 1
+            else:  # every slot is past its max_tokens: the device would only emit invalid tokens
+                state, data = decode_state, self._idle
             return state, js.engine_api.ResultTokens(
                 data=data, tokens_idx=(0, k), valid_idx=(k, 2 * k), length_idx=(2 * k, 2 * k + 1),
                 samples_per_slot=1,
@@ -158,8 +173,8 @@ def _classes() -> tuple[type, type, type]:
                         if isinstance(content, str) else list(content)
                     prefix = engine.prefill_request(ids, request.sampling)
                     # The driver deletes what it inserts; cached prefixes must survive, so hand over a copy.
-                    with engine.dispatch_lock:
-                        prefix = jax.tree.map(jnp.copy, prefix)
+                    with engine.dispatch_lock:  # host (numpy) settings stay on the host
+                        prefix = jax.tree.map(lambda x: jnp.copy(x) if isinstance(x, jax.Array) else x, prefix)
                 except Exception as e:  # noqa: BLE001 - any failure of one request fails that request only
                     log.warning("request failed in prefill (%s): %s", type(e).__name__, e)
                     request.return_channel.set_exception(e)
