@@ -345,40 +345,34 @@ def save_pretrained(
         out.mkdir(parents=True, exist_ok=True)
         for stale in list(out.glob("model*.safetensors")) + [out / SAFE_INDEX]:
             stale.unlink(missing_ok=True)
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
-    temp_names: list[Path] = []
+    # Shards are written as they fill (one shard in host memory at a time) under temporary names; their final
+    # names need the shard count, known only at the end.
+    written: list[tuple[Path, list[str]]] = []
+    current: dict[str, np.ndarray] = {}
+    total_size = 0
 
     def flush() -> None:
-        path = out / f".partial-{len(temp_names):05d}.safetensors"
+        path = out / f".partial-{len(written):05d}.safetensors"
         if writer:
-            save_file(shards[-1], str(path), metadata={"format": "pt"})
-        temp_names.append(path)
-        shards[-1] = {}
+            save_file(current, str(path), metadata={"format": "pt"})
+        written.append((path, list(current)))
+        current.clear()
 
     for name, tensor in _iter_hf_tensors(model, _NP_DTYPES[dtype]):
-        if shards[-1] and size + tensor.nbytes > max_shard_bytes:
+        if current and sum(t.nbytes for t in current.values()) + tensor.nbytes > max_shard_bytes:
             flush()
-            size = 0
-        shards[-1][name] = tensor
-        size += tensor.nbytes
+        current[name] = tensor
+        total_size += tensor.nbytes
     flush()
-    weight_map: dict[str, str] = {}
     if writer:
-        total = len(temp_names)
-        if total == 1:
-            temp_names[0].rename(out / SAFE_SINGLE)
+        if len(written) == 1:
+            written[0][0].rename(out / SAFE_SINGLE)
         else:
-            total_size = 0
-            for i, temp in enumerate(temp_names, start=1):
-                final = out / f"model-{i:05d}-of-{total:05d}.safetensors"
+            weight_map: dict[str, str] = {}
+            for i, (temp, names) in enumerate(written, start=1):
+                final = out / f"model-{i:05d}-of-{len(written):05d}.safetensors"
                 temp.rename(final)
-                with safe_open(final, framework="numpy") as handle:
-                    for name in handle.keys():
-                        weight_map[name] = final.name
-                        total_size += int(np.prod(handle.get_slice(name).get_shape())) * np.dtype(
-                            _NP_DTYPES[dtype]
-                        ).itemsize
+                weight_map.update(dict.fromkeys(names, final.name))
             index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
             (out / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
         save_config(model.config, out, torch_dtype=dtype)

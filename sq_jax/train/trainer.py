@@ -228,7 +228,7 @@ class Trainer:
             jax.process_index() == 0 else None
         bar = tqdm(total=self.total_steps, initial=self.step, desc=cfg.task, disable=jax.process_index() != 0)
         last_loss = None
-        window_start, window_tokens = time.perf_counter(), 0.0
+        window_start = time.perf_counter()
         pending: list[tuple[int, dict]] = []
         while self.step < self.total_steps:
             host_batch = next(iterator)
@@ -242,13 +242,13 @@ class Trainer:
                 ids_log.write(json.dumps({"step": self.step, "ids": ids[ids >= 0].tolist()}) + "\n")
                 ids_log.flush()
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                window_tokens, last_loss = self._log(pending, window_start, bar)
+                last_loss = self._log(pending, window_start, bar)
                 pending, window_start = [], time.perf_counter()
             self._save()
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
                 self._log_eval()
         if pending:
-            _, last_loss = self._log(pending, window_start, bar)
+            last_loss = self._log(pending, window_start, bar)
         bar.close()
         if ids_log is not None:
             ids_log.close()
@@ -262,7 +262,7 @@ class Trainer:
         return TrainResult(self.step, last_loss, eval_metrics["loss"] if eval_metrics else None,
                            self.output_dir, self.data_stats)
 
-    def _log(self, pending: list[tuple[int, dict]], since: float, bar) -> tuple[float, float | None]:
+    def _log(self, pending: list[tuple[int, dict]], since: float, bar) -> float:
         host = jax.device_get([m for _, m in pending])  # waits for the steps in flight
         elapsed = max(time.perf_counter() - since, 1e-9)
         tokens = float(sum(m["tokens"] for m in host))
@@ -278,7 +278,7 @@ class Trainer:
         last = float(host[-1]["loss"])
         bar.update(len(pending))
         bar.set_postfix(loss=f"{last:.4f}", tok_s=f"{tokens / elapsed:,.0f}")
-        return tokens, last
+        return last
 
     def _log_eval(self) -> dict[str, float] | None:
         metrics = self.evaluate()
