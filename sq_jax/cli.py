@@ -54,7 +54,7 @@ def _train(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.config}: task is {cfg.task!r} but the command is {args.command!r}")
     result = run_training(cfg)
     print(json.dumps({"steps": result.steps, "final_loss": result.final_loss, "eval_loss": result.eval_loss,
-                      "output_dir": str(result.output_dir), "data": result.data_stats}))
+                      "eval": result.eval_metrics, "output_dir": str(result.output_dir), "data": result.data_stats}))
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="parameter dtype to write (default: the source's)")
     p.set_defaults(func=_convert)
 
-    for task, text in (("qft", "question fine-tuning"), ("sft", "supervised fine-tuning on (query, response)")):
+    for task, text in (("qft", "question fine-tuning"), ("sft", "supervised fine-tuning on (query, response)"),
+                       ("qpo", "question preference optimisation (DPO) on (prompt, chosen, rejected)")):
         p = sub.add_parser(task, help=f"{text} on the device mesh (config YAML + a.b=c overrides)")
         p.add_argument("config")
         p.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=1e-5 max_steps=100")

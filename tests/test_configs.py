@@ -11,7 +11,7 @@ from sq_jax.sampling.generate_job import GenerateConfig
 from sq_jax.train.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-KINDS = {"qft": TrainConfig, "sft": TrainConfig, "generate": GenerateConfig}
+KINDS = {"qft": TrainConfig, "sft": TrainConfig, "qpo": TrainConfig, "generate": GenerateConfig}
 
 
 def test_every_config_folder_has_a_loader():
@@ -22,5 +22,5 @@ def test_every_config_folder_has_a_loader():
 def test_config_loads(path):
     kind = Path(path).parts[0]
     cfg = load_config(KINDS[kind], CONFIGS / path)
-    if kind in ("qft", "sft"):
+    if kind in ("qft", "sft", "qpo"):
         assert cfg.task == kind

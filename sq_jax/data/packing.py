@@ -11,15 +11,19 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def plan_packing(lengths: Sequence[int], order: Sequence[int], seq_len: int, open_bins: int = 16) -> list[list[int]]:
-    """Group example indices (visited in `order`) into rows of total length <= `seq_len`.
+def plan_packing(
+    lengths: Sequence[int], order: Sequence[int], seq_len: int, open_bins: int = 16, max_items: int | None = None
+) -> list[list[int]]:
+    """Group example indices (visited in `order`) into rows of total length <= `seq_len` (and at most
+    `max_items` examples, when a consumer has a static number of slots per row).
 
     First fit over a window of `open_bins` partially filled rows: near-optimal fill while keeping the shuffled
     order roughly intact (a row is closed once it is the oldest of too many open ones). Every index in `order`
     lands in exactly one row; an example longer than `seq_len` is an error (truncate or drop it before).
     """
-    if seq_len < 1 or open_bins < 1:
-        raise ValueError(f"seq_len and open_bins must be >= 1, got {seq_len}, {open_bins}")
+    if seq_len < 1 or open_bins < 1 or (max_items is not None and max_items < 1):
+        raise ValueError(f"seq_len, open_bins and max_items must be >= 1, got {seq_len}, {open_bins}, {max_items}")
+    cap = max_items or seq_len
     rows: list[list[int]] = []
     bins: list[tuple[int, list[int]]] = []  # (free space, example indices), oldest first
     for index in order:
@@ -32,11 +36,11 @@ def plan_packing(lengths: Sequence[int], order: Sequence[int], seq_len: int, ope
             if n <= free:
                 members.append(int(index))
                 bins[b] = (free - n, members)
-                if free - n == 0:
+                if free - n == 0 or len(members) == cap:
                     rows.append(bins.pop(b)[1])
                 break
         else:
-            if n == seq_len:
+            if n == seq_len or cap == 1:
                 rows.append([int(index)])
                 continue
             if len(bins) == open_bins:

@@ -27,13 +27,24 @@ Encoder = Callable[[dict[str, Any]], "tuple[list[int], list[int]] | None"]
 
 @dataclasses.dataclass
 class TokenizedExamples:
+    """Single sequences, packed several to a row. (Preference pairs have their own class with the same surface:
+    `lengths`, `assemble`, `max_items`, `batch_keys`.)"""
+
     tokens: list[np.ndarray]
     loss_masks: list[np.ndarray]
     ids: list[str]
     stats: dict[str, int]
+    max_items: int | None = None  # no cap on examples per row
+    batch_keys: tuple[str, ...] = ("tokens", "positions", "segment_ids", "loss_mask")
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    def lengths(self) -> list[int]:
+        return [len(t) for t in self.tokens]
+
+    def assemble(self, row: Sequence[int], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
+        return materialize_row(self, row, seq_len, pad_id)
 
 
 def tokenize_records(
@@ -73,13 +84,13 @@ def materialize_row(examples: TokenizedExamples, row: Sequence[int], seq_len: in
     return batch
 
 
-def eval_rows(examples: TokenizedExamples, seq_len: int, rows_per_batch: int, pad_id: int = 0):
+def eval_rows(examples: Any, seq_len: int, rows_per_batch: int, pad_id: int = 0):
     """All examples packed in order, in batches of `rows_per_batch`; the last batch padded with empty rows."""
-    lengths = [len(t) for t in examples.tokens]
-    rows = plan_packing(lengths, range(len(lengths)), seq_len)
+    lengths = examples.lengths()
+    rows = plan_packing(lengths, range(len(lengths)), seq_len, max_items=examples.max_items)
     rows += [[]] * (-len(rows) % rows_per_batch)
     for start in range(0, len(rows), rows_per_batch):
-        chunk = [materialize_row(examples, r, seq_len, pad_id) for r in rows[start : start + rows_per_batch]]
+        chunk = [examples.assemble(r, seq_len, pad_id) for r in rows[start : start + rows_per_batch]]
         yield {k: np.stack([c[k] for c in chunk]) for k in chunk[0]}
 
 
@@ -93,7 +104,7 @@ class PackedBatches:
 
     def __init__(
         self,
-        examples: TokenizedExamples,
+        examples: Any,  # TokenizedExamples or PreferencePairs
         *,
         seq_len: int,
         rows_per_batch: int,
@@ -109,13 +120,13 @@ class PackedBatches:
         self.examples = examples
         self.seq_len = seq_len
         self.pad_id = pad_id
-        lengths = [len(t) for t in examples.tokens]
+        lengths = examples.lengths()
         rows: list[list[int]] = []
         for epoch in range(epochs):
             order = grain.MapDataset.range(len(lengths))
             if shuffle:
                 order = order.shuffle(seed=seed + epoch)
-            rows.extend(plan_packing(lengths, list(order), seq_len, open_bins))
+            rows.extend(plan_packing(lengths, list(order), seq_len, open_bins, examples.max_items))
         num_batches = len(rows) // rows_per_batch
         if max_batches is not None:
             num_batches = min(num_batches, max_batches)
@@ -134,7 +145,7 @@ class PackedBatches:
         self.dataset = grain.MapDataset.source(self.rows).map(self._assemble).batch(rows_per_batch)
 
     def _assemble(self, row: list[int]) -> dict[str, np.ndarray]:
-        return materialize_row(self.examples, row, self.seq_len, self.pad_id)
+        return self.examples.assemble(row, self.seq_len, self.pad_id)
 
     def __len__(self) -> int:
         return self.num_batches

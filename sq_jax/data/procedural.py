@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["TEMPLATES", "ToyProblem", "generate_problems", "iter_problems"]
+__all__ = ["TEMPLATES", "ToyProblem", "generate_problems", "iter_preference_pairs", "iter_problems"]
 
 
 @dataclass(frozen=True)
@@ -487,3 +487,13 @@ def generate_problems(n: int, seed: int = 0, *, min_steps: int = 1, max_steps: i
     stream = iter_problems(seed, min_steps=min_steps, max_steps=max_steps,
                            unsolvable_fraction=unsolvable_fraction)
     return list(itertools.islice(stream, n))
+
+
+def iter_preference_pairs(seed: int = 0, *, min_steps: int = 1, max_steps: int = 4) -> Iterator[dict[str, str]]:
+    """Endless toy QPO pairs in the solvability direction: chosen is a problem, rejected is the same scenario
+    with one needed quantity left out (what the optimiser is asked to repair). No prompt: QPO uses the model's
+    pre-query template."""
+    for i in itertools.count():
+        good = _make(seed, i, min_steps, max_steps, 0.0)
+        bad = _make(seed, i, min_steps, max_steps, 1.0)
+        yield {"id": f"toy-pair-s{seed}-{i:06d}", "chosen": good.question, "rejected": bad.question}

@@ -144,22 +144,28 @@ def _looks_local(spec: str) -> bool:
 
 
 def _iter_procedural(spec: str) -> Generator[Record, None, None]:
-    """`procedural:COUNT[:SEED]`: the offline toy problems (the tiny default's seed set)."""
-    from sq_jax.data.procedural import iter_problems
+    """`procedural:COUNT[:SEED]`: the offline toy problems (the tiny default's seed set);
+    `procedural-pairs:COUNT[:SEED]`: toy preference pairs (solvable chosen, same scenario missing a quantity
+    rejected)."""
+    from sq_jax.data.procedural import iter_preference_pairs, iter_problems
 
-    parts = spec.split(":")
+    kind, *parts = spec.split(":")
     try:
-        count, seed = int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
-        if len(parts) > 3 or count < 0:
+        count, seed = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+        if len(parts) > 2 or count < 0:
             raise ValueError
     except (ValueError, IndexError):
-        raise DataError(f"{spec!r}: expected procedural:COUNT[:SEED] with integers, COUNT >= 0") from None
+        raise DataError(f"{spec!r}: expected {kind}:COUNT[:SEED] with integers, COUNT >= 0") from None
+    if kind == "procedural-pairs":
+        for line, pair in zip(range(1, count + 1), iter_preference_pairs(seed)):
+            yield Record(pair, spec, line)
+        return
     for line, problem in zip(range(1, count + 1), iter_problems(seed)):
         yield Record(problem.to_record(), spec, line)
 
 
 def _iter_spec(spec: str | Path, split: str, limit: int | None) -> Generator[Record, None, None]:
-    if isinstance(spec, str) and spec.startswith("procedural:"):
+    if isinstance(spec, str) and spec.startswith(("procedural:", "procedural-pairs:")):
         return _iter_procedural(spec)
     if isinstance(spec, str) and spec.startswith("hf:"):
         name, _, config = spec[3:].partition(":")

@@ -24,6 +24,7 @@ __all__ = [
     "get_prompt_format",
     "load_tokenizer",
     "parse_judge_verdict",
+    "prompt_format_mismatch",
     "stop_token_ids",
 ]
 
@@ -317,4 +318,25 @@ def parse_judge_verdict(text: str) -> bool | None:
             words = line[len(JUDGE_VERDICT_PREFIX):].lower().split()
             word = words[0].strip("*`_.!:,") if words else ""
             return {"yes": True, "no": False}.get(word)
+    return None
+
+
+# Text that only one family's prompts contain: how a prompt built for another model gives itself away.
+_FORMAT_MARKERS = {
+    "qwen": ("<|im_start|>",),
+    "llama3": ("<|start_header_id|>", "<|begin_of_text|>"),
+    "deepseek": (_DS_BOS,),
+    "mistral": ("[INST]",),
+}
+
+
+def prompt_format_mismatch(prompt: str, fmt: PromptFormat) -> str | None:
+    """Why `prompt` was not rendered in `fmt` (another family's markers, or none of its own); None if it fits."""
+    for name, markers in _FORMAT_MARKERS.items():
+        found = [m for m in markers if m in prompt]
+        if name != fmt.name and found:
+            return f"prompt contains {found[0]!r}, a {name} template marker, but the model uses the {fmt.name} format"
+    own = _FORMAT_MARKERS.get(fmt.name, ())
+    if own and not any(m in prompt for m in own):
+        return f"prompt has none of the {fmt.name} template markers {list(own)}; render it with the model's format"
     return None

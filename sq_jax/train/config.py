@@ -1,4 +1,4 @@
-"""The training config: one dataclass tree for QFT, SFT (and later QPO), loaded from YAML by `configlib`."""
+"""The training config: one dataclass tree for QFT, SFT and QPO, loaded from YAML by `configlib`."""
 
 from __future__ import annotations
 
@@ -26,12 +26,38 @@ class SourceSection:
 @dataclasses.dataclass(frozen=True)
 class DataSection:
     sources: list[SourceSection]
-    max_length: int = 256  # packed row length; also the per-example cap
+    max_length: int = 256  # per-sequence cap (prompt + completion for preference pairs)
+    row_length: int | None = None  # packed row length; default max_length (2 x max_length for pairs)
     overlong: Literal["truncate", "drop"] = "truncate"
     seed: int = 0
     open_bins: int = 16
     eval_sources: list[SourceSection] = dataclasses.field(default_factory=list)  # else `eval_count` held out
     eval_count: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceSection:
+    """QPO / DPO settings (used by task: qpo)."""
+
+    beta: float = 0.1
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    label_smoothing: float = 0.0  # conservative DPO (sigmoid only)
+    reference_free: bool = False
+    # precomputed: one sharded pass over the pairs before training, stored beside the run (no second model in
+    # memory while training); online: a frozen reference model on the mesh scores every batch.
+    reference: Literal["precomputed", "online"] = "precomputed"
+    reference_path: str | None = None  # default: model.path (the policy's starting point, as in the paper)
+    max_pairs_per_row: int = 8  # pair slots per packed row; 1 gives exactly global_batch_size pairs per step
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ValueError(f"preference.beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"preference.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ValueError(f"preference.label_smoothing applies to the sigmoid loss only, not {self.loss_type!r}")
+        if self.max_pairs_per_row < 1:
+            raise ValueError(f"preference.max_pairs_per_row must be >= 1, got {self.max_pairs_per_row}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +96,14 @@ class CheckpointSection:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    task: Literal["qft", "sft"]
+    task: Literal["qft", "sft", "qpo"]
     model: ModelSection
     data: DataSection
     output_dir: str
     optim: OptimSection = dataclasses.field(default_factory=OptimSection)
     mesh: MeshSection = dataclasses.field(default_factory=MeshSection)
     checkpoint: CheckpointSection = dataclasses.field(default_factory=CheckpointSection)
+    preference: PreferenceSection = dataclasses.field(default_factory=PreferenceSection)
     global_batch_size: int = 32  # packed rows per optimizer step, all hosts together
     micro_batch_size: int | None = None  # rows per forward/backward; None = global (no accumulation)
     epochs: int = 1
@@ -96,6 +123,9 @@ class TrainConfig:
             )
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.data.row_length is not None and self.data.row_length < self.data.max_length:
+            raise ValueError(f"data.row_length={self.data.row_length} is shorter than data.max_length="
+                             f"{self.data.max_length}")
 
     @property
     def grad_accum_steps(self) -> int:

@@ -1,7 +1,8 @@
 """The jitted train and eval steps: pure functions of (params, optimizer state, batch), built per task loss.
 
-Gradient accumulation scans over micro-batches adding *sums* of token losses and their counts; one division at
-the end makes k micro-batches give exactly the update of one big batch.
+Gradient accumulation scans over micro-batches adding *sums* of losses and statistics and their `count`
+(weighted tokens for language modelling, pairs for preference losses); one division at the end makes k
+micro-batches give exactly the update of one big batch.
 """
 
 from __future__ import annotations
@@ -18,14 +19,22 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sq_jax.models.transformer import Transformer
 from sq_jax.train.losses import masked_cross_entropy_sum, next_token_targets
 
-# loss(model, micro_batch) -> (sum of token losses, number of weighted tokens)
-LossFn = Callable[[Transformer, dict[str, jax.Array]], tuple[jax.Array, jax.Array]]
+# loss(model, micro_batch) -> (sum of losses, sums of statistics); the statistics hold "count" (what the loss
+# is a mean over) and "tokens" (real tokens processed, for throughput), and any other sums to report as means.
+LossFn = Callable[[Transformer, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
 
 
-def lm_loss(model: Transformer, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+def lm_loss(model: Transformer, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
     logits = model(batch["tokens"], batch["positions"], batch["segment_ids"]).logits
     targets, weights = next_token_targets(batch["tokens"], batch["segment_ids"], batch["loss_mask"])
-    return masked_cross_entropy_sum(logits, targets, weights)
+    loss_sum, tokens = masked_cross_entropy_sum(logits, targets, weights)
+    return loss_sum, {"count": tokens, "tokens": tokens}
+
+
+def means(sums: dict[str, Any]) -> dict[str, Any]:
+    """Statistics sums -> means over "count"; "count" and "tokens" stay totals."""
+    denom = jnp.maximum(sums["count"], 1.0)
+    return {k: v if k in ("count", "tokens") else v / denom for k, v in sums.items()}
 
 
 def batch_sharding(mesh: Mesh, accumulated: bool) -> NamedSharding:
@@ -40,26 +49,25 @@ def make_train_step(
     """step(params, opt_state, batch[accum, micro, len]) -> (params, opt_state, metrics); state donated."""
     param_shardings, opt_shardings = shardings
 
+    def loss(p, micro):
+        loss_sum, stats = loss_fn(nnx.merge(graphdef, p), micro)
+        return loss_sum, {"loss": loss_sum, **stats}
+
     def step(params, opt_state, batch):
         def micro_step(carry, micro):
-            grads_acc, loss_acc, tokens_acc = carry
+            grads_acc, sums_acc = carry
+            (_, sums), grads = jax.value_and_grad(loss, has_aux=True)(params, micro)
+            return (jax.tree.map(jnp.add, grads_acc, grads), jax.tree.map(jnp.add, sums_acc, sums)), None
 
-            def loss(p):
-                return loss_fn(nnx.merge(graphdef, p), micro)
-
-            (loss_sum, tokens), grads = jax.value_and_grad(loss, has_aux=True)(params)
-            grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
-            return (grads_acc, loss_acc + loss_sum, tokens_acc + tokens), None
-
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-        (grad_sum, loss_sum, tokens), _ = jax.lax.scan(micro_step, init, batch)
-        denom = jnp.maximum(tokens, 1.0)
+        first = jax.tree.map(lambda x: x[0], batch)
+        sums_shape = jax.eval_shape(loss, params, first)[1]
+        init = (jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape))
+        (grad_sum, sums), _ = jax.lax.scan(micro_step, init, batch)
+        denom = jnp.maximum(sums["count"], 1.0)
         grads = jax.tree.map(lambda g: g / denom, grad_sum)
         updates, new_opt_state = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        metrics = {"loss": loss_sum / denom, "grad_norm": optax.global_norm(grads), "tokens": tokens}
-        return new_params, new_opt_state, metrics
+        return new_params, new_opt_state, {**means(sums), "grad_norm": optax.global_norm(grads)}
 
     return jax.jit(
         step,
@@ -70,9 +78,10 @@ def make_train_step(
 
 
 def make_eval_step(graphdef: nnx.GraphDef, loss_fn: LossFn, param_shardings: Any, mesh: Mesh) -> Callable:
-    """eval(params, batch[rows, len]) -> (sum of token losses, tokens)."""
+    """eval(params, batch[rows, len]) -> sums of the loss ("loss") and of the task's statistics."""
 
     def step(params, batch):
-        return loss_fn(nnx.merge(graphdef, params), batch)
+        loss_sum, stats = loss_fn(nnx.merge(graphdef, params), batch)
+        return {"loss": loss_sum, **stats}
 
     return jax.jit(step, in_shardings=(param_shardings, batch_sharding(mesh, accumulated=False)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from sq_jax.configlib import config_hash, to_dict
-from sq_jax.data.pipeline import (
-    PackedBatches, TokenizedExamples, eval_rows, host_shard, materialize_row, tokenize_records,
-)
+from sq_jax.data.pipeline import PackedBatches, eval_rows, host_shard
 from sq_jax.data.sources import Record, read_records
 from sq_jax.models.checkpoint import copy_side_files, load_model
 from sq_jax.models.hf_io import save_pretrained
@@ -30,8 +27,9 @@ from sq_jax.train.checkpointing import Checkpointer
 from sq_jax.train.config import TrainConfig
 from sq_jax.train.metrics import MetricsWriter, device_peak_tflops, training_flops_per_token
 from sq_jax.train.optim import make_optimizer
-from sq_jax.train.step import batch_sharding, lm_loss, make_eval_step, make_train_step
-from sq_jax.train.tasks.lm import TASKS
+from sq_jax.train.reference import ReferenceScorer, cache_key, load_cached, save_cached
+from sq_jax.train.step import batch_sharding, make_eval_step, make_train_step
+from sq_jax.train.tasks import make_task
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +41,7 @@ class TrainResult:
     eval_loss: float | None
     output_dir: Path
     data_stats: dict[str, Any]
+    eval_metrics: dict[str, float] | None = None
 
 
 def split_eval(records: list[Record], count: int, seed: int) -> tuple[list[Record], list[Record]]:
@@ -91,7 +90,8 @@ class Trainer:
         self.tokenizer = load_tokenizer(str(self.model_dir))
         fmt_name = cfg.model.prompt_format
         self.prompt_format = get_prompt_format(fmt_name) if fmt_name else detect_prompt_format(self.tokenizer)
-        self.task = TASKS[cfg.task](self.tokenizer, self.prompt_format)
+        self.task = make_task(cfg, self.tokenizer, self.prompt_format)
+        self.seq_len = self.task.row_length(cfg.data)
         self._build_data()
         self.total_steps = self.train_batches.num_batches
         if cfg.max_steps is not None:
@@ -102,9 +102,12 @@ class Trainer:
         shard_of = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
         self.param_shardings = shard_of(self.params)
         self.train_step = make_train_step(
-            self.graphdef, self.tx, lm_loss, (self.param_shardings, shard_of(self.opt_state)), self.mesh
+            self.graphdef, self.tx, self.task.loss_fn, (self.param_shardings, shard_of(self.opt_state)), self.mesh
         )
-        self.eval_step = make_eval_step(self.graphdef, lm_loss, self.param_shardings, self.mesh)
+        self.eval_step = make_eval_step(self.graphdef, self.task.loss_fn, self.param_shardings, self.mesh)
+        self.reference: ReferenceScorer | None = None
+        if self.task.needs_reference:
+            self._setup_reference()
         self.step = 0
         self.data_state: dict[str, Any] | None = None
         ckpt_dir = cfg.checkpoint.dir or str(self.output_dir / "checkpoints")
@@ -113,7 +116,7 @@ class Trainer:
             async_save=cfg.checkpoint.async_save,
         )
         self.metrics = MetricsWriter(self.output_dir, tensorboard=cfg.tensorboard)
-        self.flops_per_token = training_flops_per_token(self.model.config, cfg.data.max_length)
+        self.flops_per_token = training_flops_per_token(self.model.config, self.seq_len)
         self.peak = device_peak_tflops(override=cfg.peak_tflops_per_device)
 
     def _on_mesh(self, tree):
@@ -130,9 +133,8 @@ class Trainer:
                                     limit=s.limit)
         return records
 
-    def _tokenize(self, records: list[Record]) -> TokenizedExamples:
-        d = self.cfg.data
-        return tokenize_records(records, self.task.encode, d.max_length, d.overlong)
+    def _tokenize(self, records: list[Record]) -> Any:
+        return self.task.build_examples(records)
 
     def _build_data(self) -> None:
         d, cfg = self.cfg.data, self.cfg
@@ -146,12 +148,12 @@ class Trainer:
             records, eval_records = split_eval(records, d.eval_count, d.seed)
         train = self._tokenize(host_shard(records))
         rows_per_host = cfg.global_batch_size // jax.process_count()
-        probe = PackedBatches(train, seq_len=d.max_length, rows_per_batch=rows_per_host, epochs=cfg.epochs,
+        probe = PackedBatches(train, seq_len=self.seq_len, rows_per_batch=rows_per_host, epochs=cfg.epochs,
                               seed=d.seed, open_bins=d.open_bins, pad_id=self._pad_id())
         # Hosts pack different shares; all must run the same number of steps.
         batches = _global_min(probe.num_batches)
         self.train_batches = probe if batches == probe.num_batches else PackedBatches(
-            train, seq_len=d.max_length, rows_per_batch=rows_per_host, epochs=cfg.epochs, seed=d.seed,
+            train, seq_len=self.seq_len, rows_per_batch=rows_per_host, epochs=cfg.epochs, seed=d.seed,
             open_bins=d.open_bins, pad_id=self._pad_id(), max_batches=batches,
         )
         self.eval_examples = self._tokenize(host_shard(eval_records)) if eval_records else None
@@ -164,15 +166,51 @@ class Trainer:
         pad = self.tokenizer.pad_token_id
         return int(pad) if pad is not None else 0
 
-    def _device_batch(self, host_batch: dict[str, np.ndarray], accumulated: bool) -> dict[str, jax.Array]:
+    def _device_batch(self, host_batch: dict[str, np.ndarray], accumulated: bool,
+                      keys: tuple[str, ...] | None = None) -> dict[str, jax.Array]:
         sharding = batch_sharding(self.mesh, accumulated)
         out = {}
-        for key in ("tokens", "positions", "segment_ids", "loss_mask"):
+        for key in keys or self.train_batches.examples.batch_keys:
             local = host_batch[key]
             if accumulated:
-                local = local.reshape(self.cfg.grad_accum_steps, -1, local.shape[-1])
+                local = local.reshape(self.cfg.grad_accum_steps, -1, *local.shape[1:])
             out[key] = jax.make_array_from_process_local_data(sharding, local)
+        if self.reference is not None and "reference_logps" not in out:
+            out = self.reference.attach(out, accumulated)
         return out
+
+    # ------------------------------------------------------------------------------------------- reference
+    def _setup_reference(self) -> None:
+        """Frozen reference params (the starting policy unless preference.reference_path says otherwise), then
+        either precomputed log-probs for every pair (cached beside the run) or an online scorer."""
+        pref, cfg = self.cfg.preference, self.cfg
+        path = pref.reference_path or cfg.model.path
+        if path == cfg.model.path:
+            # Training donates the policy's buffers, so an online reference needs its own copy.
+            params = jax.tree.map(jax.numpy.copy, self.params) if pref.reference == "online" else self.params
+        else:
+            ref_model = load_model(path, mesh=self.mesh, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype)
+            params = nnx.split(ref_model, nnx.Param)[1]
+        scorer = ReferenceScorer(self.graphdef, params, self.param_shardings, self.mesh, pref.max_pairs_per_row)
+        if pref.reference == "online":
+            self.reference = scorer
+            return
+        key = cache_key(reference=path, dtype=cfg.model.dtype, data=to_dict(cfg.data), pairs=pref.max_pairs_per_row,
+                        processes=jax.process_count())
+        for name, pairs in (("train", self.train_batches.examples), ("eval", self.eval_examples)):
+            if pairs is None:
+                continue
+            cache = self.output_dir / "reference_logps" / f"{name}-{jax.process_index()}.npz"
+            logps = load_cached(cache, key, pairs.ids)
+            if logps is None:
+                start = time.perf_counter()
+                logps = scorer.precompute(
+                    pairs, self.seq_len, self.micro // jax.process_count(), self._pad_id(),
+                    lambda b: self._device_batch(b, accumulated=False, keys=tuple(b)), _global_max,
+                )
+                save_cached(cache, key, pairs.ids, logps)
+                log.info("reference log-probs of %d %s pairs in %.1fs", len(pairs), name, time.perf_counter() - start)
+            pairs.reference_logps = logps
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def maybe_restore(self) -> bool:
@@ -194,9 +232,11 @@ class Trainer:
     def _resume_hash(self) -> str:
         # Everything that changes the sequence of updates; logging and checkpoint cadence may change freely.
         c = self.cfg
-        return config_hash({"task": c.task, "model": to_dict(c.model), "data": to_dict(c.data),
-                            "optim": to_dict(c.optim), "batch": [c.global_batch_size, c.epochs, c.max_steps,
-                                                                 c.seed]})
+        parts = {"task": c.task, "model": to_dict(c.model), "data": to_dict(c.data), "optim": to_dict(c.optim),
+                 "batch": [c.global_batch_size, c.epochs, c.max_steps, c.seed]}
+        if c.task == "qpo":
+            parts["preference"] = to_dict(c.preference)
+        return config_hash(parts)
 
     def _save(self, force: bool = False) -> None:
         meta = {"step": self.step, "config_hash": self._resume_hash()}
@@ -204,21 +244,23 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ loops
     def evaluate(self) -> dict[str, float] | None:
-        """Mean token loss and perplexity over the held-out examples (all hosts run the same batch count)."""
+        """The task's held-out metrics (mean loss; perplexity or reward accuracy...); all hosts run the same
+        number of batches."""
         if self.eval_examples is None:
             return None
         per_host = self.micro // jax.process_count()
-        batches = list(eval_rows(self.eval_examples, self.cfg.data.max_length, per_host, self._pad_id()))
-        blank = materialize_row(self.eval_examples, [], self.cfg.data.max_length, self._pad_id())
+        batches = list(eval_rows(self.eval_examples, self.seq_len, per_host, self._pad_id()))
+        blank = self.eval_examples.assemble([], self.seq_len, self._pad_id())
         empty = {k: np.stack([v] * per_host) for k, v in blank.items()}  # all padding: adds no loss
-        loss_sum, tokens = 0.0, 0.0
+        totals: dict[str, float] = {}
         for i in range(_global_max(len(batches))):
             batch = batches[i] if i < len(batches) else empty
-            s, n = self.eval_step(self.params, self._device_batch(batch, accumulated=False))
-            loss_sum += float(s)
-            tokens += float(n)
-        loss = loss_sum / max(tokens, 1.0)
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
+            device = self._device_batch(batch, accumulated=False, keys=self.eval_examples.batch_keys)
+            for k, v in jax.device_get(self.eval_step(self.params, device)).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        count = max(totals["count"], 1.0)
+        mean = {k: v if k in ("count", "tokens") else v / count for k, v in totals.items()}
+        return {k: float(v) for k, v in self.task.summarize(mean).items()}
 
     def train(self) -> TrainResult:
         cfg = self.cfg
@@ -260,7 +302,7 @@ class Trainer:
         self.checkpointer.close()
         self.metrics.close()
         return TrainResult(self.step, last_loss, eval_metrics["loss"] if eval_metrics else None,
-                           self.output_dir, self.data_stats)
+                           self.output_dir, self.data_stats, eval_metrics)
 
     def _log(self, pending: list[tuple[int, dict]], since: float, bar) -> float:
         host = jax.device_get([m for _, m in pending])  # waits for the steps in flight
@@ -268,8 +310,10 @@ class Trainer:
         tokens = float(sum(m["tokens"] for m in host))
         tflops = self.flops_per_token * tokens / elapsed / 1e12
         for (step, _), m in zip(pending, host):
-            values = {"loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
-                      "learning_rate": float(self.schedule(step - 1)), "tokens": float(m["tokens"])}
+            values = {k: float(v) for k, v in m.items() if k != "count"}
+            values["learning_rate"] = float(self.schedule(step - 1))
+            if self.cfg.task == "qpo":
+                values["pairs"] = float(m["count"])
             if step == pending[-1][0]:
                 values.update(tokens_per_s=tokens / elapsed, tflops_per_s=tflops)
                 if self.peak:
