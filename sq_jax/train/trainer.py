@@ -159,6 +159,7 @@ class Trainer:
         self.eval_examples = self._tokenize(host_shard(eval_records)) if eval_records else None
         self.data_stats = {**train.stats, **self.train_batches.stats, "batches": self.train_batches.num_batches}
         if self.eval_examples is not None:
+            self.data_stats.update({f"eval_{k}": v for k, v in self.eval_examples.stats.items()})
             self.data_stats["eval_examples"] = len(self.eval_examples)
         log.info("data: %s", self.data_stats)
 
