@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -50,3 +55,33 @@ def make_config(model_dir: Path, output_dir: Path, **overrides) -> TrainConfig:
 def write_config(path: Path, cfg: dict) -> Path:
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def train_losses(output_dir: Path) -> dict[int, float]:
+    """step -> loss of the train rows in metrics.jsonl; a resumed run overwrites the steps it recomputed."""
+    out = {}
+    for line in (output_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["kind"] == "train":
+            out[row["step"]] = row["loss"]
+    return out
+
+
+def kill_then_resume(command: list[str], output_dir: Path, after_lines: int) -> subprocess.CompletedProcess:
+    """Run `command`, SIGKILL it once metrics.jsonl has `after_lines` lines, rerun it to the end; the rerun's
+    result. Asserts the kill landed mid-run (at least `after_lines` steps logged, not all of them)."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    metrics = output_dir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= after_lines:
+            break
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before the kill"
+    assert max(train_losses(output_dir)) >= after_lines
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return resumed

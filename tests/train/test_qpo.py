@@ -4,17 +4,13 @@ and a tiny model that learns to prefer the solvable question."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import base_config, make_config, write_config
+from conftest import base_config, kill_then_resume, make_config, train_losses, write_config
 from sq_jax.configlib import load_config
 from sq_jax.data.sources import DataError
 from sq_jax.models.tiny import build_tiny
@@ -24,15 +20,6 @@ from sq_jax.train.trainer import Trainer
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 QPO = {"task": "qpo", "data.sources": [{"path": "procedural-pairs:400:3"}], "data.max_length": 64,
        "data.eval_count": 24, "preference.max_pairs_per_row": 3, "optim.lr": 1e-3, "max_steps": 8}
-
-
-def train_losses(output_dir: Path) -> dict[int, float]:
-    out = {}
-    for line in (output_dir / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if row["kind"] == "train":
-            out[row["step"]] = row["loss"]
-    return out
 
 
 def write_pairs(path: Path, rows: list[dict]) -> str:
@@ -86,22 +73,8 @@ def test_qpo_resumes_after_sigkill_with_the_same_losses(micro_model, tmp_path):
     assert total >= 20 and len(expected) == total
 
     config = write_config(tmp_path / "qpo.yaml", base_config(micro_model, tmp_path / "killed", **overrides))
-    command = [sys.executable, "-m", "sq_jax.cli", "qpo", str(config)]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
-    metrics = tmp_path / "killed" / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 6:
-            break
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = max(train_losses(tmp_path / "killed"))
-    assert 6 <= killed_at < total, "the kill must land mid-run"
-
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = kill_then_resume([sys.executable, "-m", "sq_jax.cli", "qpo", str(config)], tmp_path / "killed",
+                               after_lines=6)
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert summary["steps"] == total and summary["eval"]["pairs"] == summary["data"]["eval_pairs"]
     got = train_losses(tmp_path / "killed")

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections import Counter
 
 import jax
@@ -15,18 +11,12 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import base_config, make_config, write_config
+from conftest import base_config, kill_then_resume, make_config, train_losses, write_config
 from sq_jax.data.sources import DataError
 from sq_jax.train.trainer import Trainer
 
 
-def losses_of(output_dir) -> dict[int, float]:
-    rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-    out = {}
-    for r in rows:
-        if r["kind"] == "train":
-            out[r["step"]] = r["loss"]  # a resumed run overwrites the steps it recomputed
-    return out
+losses_of = train_losses
 
 
 @pytest.mark.slow
@@ -77,22 +67,7 @@ def test_resume_after_sigkill_reproduces_losses_and_sees_each_example_once(micro
     assert len(expected) == total >= 20
 
     config = write_config(tmp_path / "resume.yaml", base_config(micro_model, tmp_path / "killed", **overrides))
-    command = [sys.executable, "-m", "sq_jax.cli", "qft", str(config)]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
-    metrics = tmp_path / "killed" / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 8:
-            break
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = max(losses_of(tmp_path / "killed"))
-    assert 8 <= killed_at < total, "the kill must land mid-run"
-
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    kill_then_resume([sys.executable, "-m", "sq_jax.cli", "qft", str(config)], tmp_path / "killed", after_lines=8)
     got = losses_of(tmp_path / "killed")
     assert sorted(got) == list(range(1, total + 1))
     np.testing.assert_allclose([got[s] for s in range(1, total + 1)], [expected[s] for s in range(1, total + 1)],
