@@ -13,6 +13,7 @@ class ModelSection:
     param_dtype: str = "float32"  # master weights
     remat: Literal["none", "full", "dots", "dots_no_batch"] = "none"
     prompt_format: str | None = None  # qwen / deepseek / llama3 / mistral; None: detected from the tokenizer
+    head: Literal["lm", "score"] | None = None  # score: a scalar head (fresh if the checkpoint is a causal LM)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +97,7 @@ class CheckpointSection:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    task: Literal["qft", "sft", "qpo"]
+    task: Literal["qft", "sft", "qpo", "scorer"]
     model: ModelSection
     data: DataSection
     output_dir: str

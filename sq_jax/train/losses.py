@@ -102,3 +102,12 @@ def preference_losses(
         "reference_rejected_logp": ref_rejected,
     }
     return losses, metrics
+
+
+def segment_last_values(per_token: jax.Array, segment_ids: jax.Array, num_segments: int) -> jax.Array:
+    """Each segment's value at its last token: [b, t] -> [b, num_segments] (column s is segment id s + 1; 0 where
+    absent). A score head reads a sequence at its last token, as `*ForSequenceClassification` does."""
+    next_segment = jnp.concatenate([segment_ids[:, 1:], jnp.zeros_like(segment_ids[:, :1])], axis=1)
+    is_last = (segment_ids != next_segment) & (segment_ids != 0)
+    one_hot = (segment_ids[..., None] == jnp.arange(1, num_segments + 1)) & is_last[..., None]
+    return jnp.einsum("bt,bts->bs", per_token.astype(jnp.float32), one_hot.astype(jnp.float32))

@@ -84,7 +84,7 @@ class Trainer:
         self.micro = micro
         self.model = load_model(
             cfg.model.path, mesh=self.mesh, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
-            remat=cfg.model.remat,
+            remat=cfg.model.remat, **({"head": cfg.model.head} if cfg.model.head else {}),
         )
         self.model_dir = Path(getattr(self.model, "model_dir", cfg.model.path))
         self.tokenizer = load_tokenizer(str(self.model_dir))

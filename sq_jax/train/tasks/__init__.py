@@ -11,8 +11,9 @@ from sq_jax.train.config import TrainConfig
 def make_task(cfg: TrainConfig, tokenizer: Any, fmt: PromptFormat) -> Any:
     from sq_jax.train.tasks.lm import QFTTask, SFTTask
     from sq_jax.train.tasks.qpo import QPOTask
+    from sq_jax.train.tasks.scorer import ScorerTask
 
-    tasks = {"qft": QFTTask, "sft": SFTTask, "qpo": QPOTask}
+    tasks = {"qft": QFTTask, "sft": SFTTask, "qpo": QPOTask, "scorer": ScorerTask}
     if cfg.task not in tasks:
         raise ValueError(f"unknown task {cfg.task!r}; choose from {', '.join(tasks)}")
     return tasks[cfg.task](tokenizer, fmt, cfg)
