@@ -1,0 +1,1 @@
+"""Evaluation: benchmark loaders, answer extraction, answer equivalence and parallel grading."""

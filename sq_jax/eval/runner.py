@@ -1,0 +1,203 @@
+"""`sq-jax eval`: benchmark questions -> the solver prompt of the model's family -> generation on the sampling
+engine (the resumable offline job) -> grading across processes -> a JSON + markdown report and per-sample records.
+
+Accuracy is the mean correctness of all samples (pass@1; greedy with one sample is the paper's number). With k
+samples per question the report adds pass@k (any sample right) and maj@k (the most common extracted answer,
+grouped by its normalised form, is right).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from sq_jax.data.sources import read_records, write_jsonl
+from sq_jax.eval.benchmarks import BenchmarkItem, load_benchmark
+from sq_jax.eval.equivalence import normalize_answer
+from sq_jax.eval.grading import GradeRequest, grade_many
+from sq_jax.sampling.generate_job import GenerateConfig, PromptSection, SamplingSection, run_generate
+from sq_jax.sampling.server import EngineSettings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BENCHMARKS = ("gsm8k", "math500", "college_math", "olympiadbench")
+# The paper's headline numbers (SCALEQUEST.md section 6), for the report's comparison column.
+PAPER = {"Qwen2-Math-7B + ScaleQuest": {"gsm8k": 89.7, "math": 73.4, "college_math": 50.0, "olympiadbench": 38.5}}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    model: str
+    output_dir: str
+    benchmarks: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_BENCHMARKS))
+    data_dir: str | None = None  # local copies at <data_dir>/<benchmark>/test.jsonl instead of the hub
+    limit: int | None = None  # first N questions of each benchmark
+    samples: int = 1  # k answers per question (pass@k, maj@k)
+    temperature: float = 0.0  # greedy by default, as the paper; k > 1 needs a temperature
+    top_p: float = 1.0
+    max_tokens: int = 2048
+    seed: int = 0
+    engine: EngineSettings = dataclasses.field(
+        default_factory=lambda: EngineSettings(max_cache_length=4096, max_prefill_length=2048))
+    backend: Literal["jetstream", "raw"] = "jetstream"
+    grade_workers: int | None = None
+    grade_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.benchmarks:
+            raise ValueError("benchmarks is empty")
+        if self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
+        if self.samples > 1 and self.temperature == 0.0:
+            raise ValueError("samples > 1 with temperature 0 would repeat one greedy answer; set a temperature")
+
+
+def load_items(cfg: EvalConfig) -> dict[str, list[BenchmarkItem]]:
+    items = {}
+    for name in cfg.benchmarks:
+        path = None
+        if cfg.data_dir and not name.startswith("jsonl:"):
+            path = str(Path(cfg.data_dir) / name / "test.jsonl")
+        items[name] = load_benchmark(name, path=path, limit=cfg.limit)
+    return items
+
+
+def _prompt_rows(items: dict[str, list[BenchmarkItem]]) -> list[dict[str, str]]:
+    rows, seen = [], set()
+    for name, bench in items.items():
+        for item in bench:
+            key = f"{name}/{item.id}"
+            if key in seen:
+                raise ValueError(f"benchmark {name!r} has two items with id {item.id!r}")
+            seen.add(key)
+            rows.append({"id": key, "question": item.question})
+    return rows
+
+
+def _generate(cfg: EvalConfig, rows: list[dict[str, str]]) -> dict[str, list[dict[str, Any]]]:
+    """Outputs per prompt id (in sample order); generation resumes where a killed run stopped."""
+    out = Path(cfg.output_dir)
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:12]
+    prompts = out / f"prompts-{digest}.jsonl"
+    if not prompts.exists():
+        write_jsonl(prompts, rows)
+    gen_dir = out / "generations" / digest  # other questions (a new --limit) never reuse these shards
+    job = GenerateConfig(
+        model=cfg.model, output_dir=str(gen_dir),
+        prompts=PromptSection(mode="solver", path=str(prompts), field="question", id_field="id"),
+        samples_per_prompt=cfg.samples,
+        sampling=SamplingSection(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                                 seed=cfg.seed),
+        engine=cfg.engine, backend=cfg.backend, shard_size=max(256, cfg.samples * 64),
+    )
+    manifest = run_generate(job)
+    outputs: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for shard in sorted(gen_dir.glob("shard-*.jsonl")):
+        for rec in read_records(shard, fields=("prompt_id", "output", "sample")):
+            outputs[rec.data["prompt_id"]].append(rec.data)
+    for samples in outputs.values():
+        samples.sort(key=lambda r: r["sample"])
+    missing = [r["id"] for r in rows if len(outputs.get(r["id"], [])) != cfg.samples]
+    if missing:
+        raise RuntimeError(f"generation left {len(missing)} prompts without {cfg.samples} outputs, e.g. {missing[0]}")
+    log.info("generation: %s", manifest["stats"].get("last_run"))
+    return outputs
+
+
+def _majority_correct(extracted: list[str | None], correct: list[bool], unit: str | None) -> bool:
+    votes: collections.Counter = collections.Counter()
+    first: dict[str, int] = {}
+    for i, answer in enumerate(extracted):
+        if answer is None:
+            continue
+        key = normalize_answer(answer, unit)
+        votes[key] += 1
+        first.setdefault(key, i)
+    if not votes:
+        return False
+    top = max(votes.values())
+    winner = min((first[k] for k, v in votes.items() if v == top))  # ties: the earliest sample's answer
+    return correct[winner]
+
+
+def score(items: dict[str, list[BenchmarkItem]], outputs: dict[str, list[dict[str, Any]]],
+          cfg: EvalConfig) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """Grade every sample; per-benchmark metrics (percent) and per-sample records."""
+    requests, where = [], []
+    for name, bench in items.items():
+        for item in bench:
+            for sample in outputs[f"{name}/{item.id}"]:
+                requests.append(GradeRequest(sample["output"], item.gold, item.multiple, item.unit))
+                where.append((name, item, sample))
+    started = time.perf_counter()
+    results = grade_many(requests, workers=cfg.grade_workers, timeout_s=cfg.grade_timeout_s)
+    grading_s = time.perf_counter() - started
+    records, per_question = [], collections.defaultdict(list)
+    for (name, item, sample), result in zip(where, results):
+        records.append({
+            "benchmark": name, "id": item.id, "sample": sample["sample"], "prompt": sample.get("prompt"),
+            "output": sample["output"], "finish_reason": sample.get("finish_reason"), "extracted": result.extracted,
+            "gold": item.gold, "correct": result.correct, "timed_out": result.timed_out, "error": result.error,
+        })
+        per_question[(name, item.id)].append((result, item.unit))
+    metrics: dict[str, dict[str, float]] = {}
+    for name, bench in items.items():
+        graded = [per_question[(name, item.id)] for item in bench]
+        flat = [r.correct for g in graded for r, _ in g]
+        m = {"questions": len(bench), "samples": len(flat), "accuracy": 100.0 * sum(flat) / max(len(flat), 1),
+             "timed_out": sum(r.timed_out for g in graded for r, _ in g)}
+        if cfg.samples > 1:
+            m[f"pass@{cfg.samples}"] = 100.0 * sum(any(r.correct for r, _ in g) for g in graded) / max(len(bench), 1)
+            m[f"maj@{cfg.samples}"] = 100.0 * sum(
+                _majority_correct([r.extracted for r, _ in g], [r.correct for r, _ in g], g[0][1]) for g in graded
+            ) / max(len(bench), 1)
+        metrics[name] = m
+    per_bench = list(metrics.values())
+    overall: dict[str, float] = {"questions": sum(m["questions"] for m in per_bench),
+                                 "samples": sum(m["samples"] for m in per_bench),
+                                 "timed_out": sum(m["timed_out"] for m in per_bench), "grading_s": grading_s}
+    for key in [k for k in per_bench[0] if k == "accuracy" or "@" in k]:
+        overall[key] = sum(m[key] for m in per_bench) / len(per_bench)  # unweighted over benchmarks, as the paper
+    metrics["overall"] = overall
+    return metrics, records
+
+
+def markdown_report(cfg: EvalConfig, metrics: dict[str, dict[str, float]]) -> str:
+    k = cfg.samples
+    columns = ["questions", "accuracy"] + ([f"pass@{k}", f"maj@{k}"] if k > 1 else []) + ["timed_out"]
+    heads = {"questions": "questions", "accuracy": "accuracy (%)", "timed_out": "graded wrong by timeout",
+             f"pass@{k}": f"pass@{k} (%)", f"maj@{k}": f"maj@{k} (%)"}
+
+    def cell(m: dict[str, float], c: str) -> str:
+        if c not in m:
+            return ""
+        return f"{m[c]:.1f}" if c in ("accuracy", f"pass@{k}", f"maj@{k}") else str(m[c])
+
+    setting = (f"Zero-shot chain of thought with the answer in `\\boxed{{}}`; {k} sample(s) per question at "
+               f"temperature {cfg.temperature}, at most {cfg.max_tokens} new tokens"
+               + (f"; the first {cfg.limit} questions of each benchmark" if cfg.limit else "") + ".")
+    lines = [f"# Evaluation of `{cfg.model}`", "", setting, "",
+             "| benchmark | " + " | ".join(heads[c] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, m in metrics.items():
+        label = "**average over benchmarks**" if name == "overall" else name
+        lines.append(f"| {label} | " + " | ".join(cell(m, c) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    """Generate, grade and write `report.json`, `report.md` and `samples.jsonl` under `output_dir`."""
+    out = Path(cfg.output_dir)
+    items = load_items(cfg)
+    outputs = _generate(cfg, _prompt_rows(items))
+    metrics, records = score(items, outputs, cfg)
+    write_jsonl(out / "samples.jsonl", records)
+    report = {"model": cfg.model, "config": dataclasses.asdict(cfg), "metrics": metrics, "paper": PAPER}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(markdown_report(cfg, metrics))
+    return report

@@ -1,0 +1,85 @@
+"""`sq-jax eval` end to end on the tiny model (JetStream driver, real benchmark slices), and the metric
+aggregation (accuracy, pass@k, maj@k) on hand-made outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sq_jax.cli import main
+from sq_jax.eval.benchmarks import BenchmarkItem
+from sq_jax.eval.runner import EvalConfig, markdown_report, score
+from sq_jax.models.tiny import build_tiny
+
+
+@pytest.mark.slow
+def test_eval_runs_end_to_end_on_the_tiny_model_and_resumes(tmp_path, shared_data, capsys):
+    tiny = build_tiny(tmp_path / "tiny")
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(tiny), "--data-dir", str(shared_data), "--limit", "20", "--output-dir", str(out),
+            "--max-tokens", "48", "--max-cache-length", "1024", "--max-prefill-length", "960", "--max-slots", "16",
+            "--dtype", "float32", "--truncate-prompts", "--grade-workers", "2", "--mesh-tensor", "1", "--mesh-fsdp", "-1"]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    metrics = report["metrics"]
+    assert set(metrics) == {"gsm8k", "math500", "college_math", "olympiadbench", "overall"}
+    assert all(metrics[b]["questions"] == 20 for b in ("gsm8k", "math500", "college_math", "olympiadbench"))
+    assert metrics["overall"]["questions"] == 80
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 80
+    first = samples[0]
+    assert {"prompt", "output", "extracted", "gold", "correct", "timed_out"} <= set(first)
+    assert "Please reason step by step, and put your final answer within \\boxed{}." in first["prompt"]
+    assert first["prompt"].endswith("<|im_start|>assistant\n")
+    gsm = [s for s in samples if s["benchmark"] == "gsm8k"]
+    assert gsm[0]["gold"] == "18"  # the first GSM8K test item (Janet's ducks): the number after ####
+    accuracy = 100.0 * sum(s["correct"] for s in gsm) / 20
+    assert metrics["gsm8k"]["accuracy"] == pytest.approx(accuracy)
+    table = (out / "report.md").read_text()
+    assert "| gsm8k | 20 |" in table and "average over benchmarks" in table
+    assert "| gsm8k | 20 |" in capsys.readouterr().out
+
+    # A rerun finds every generation shard finished: same samples, no new generation.
+    manifests = sorted(out.glob("generations/*/_manifest.json"))
+    assert len(manifests) == 1
+    before = manifests[0].read_text()
+    assert main(argv) == 0
+    assert json.loads(manifests[0].read_text())["finished_shards"] == json.loads(before)["finished_shards"]
+    assert json.loads(manifests[0].read_text())["stats"]["last_run"]["requests"] == 0
+    assert [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()] == samples
+
+
+def item(i: int, gold: str) -> BenchmarkItem:
+    return BenchmarkItem(id=f"t{i}", question=f"q{i}", gold=gold, benchmark="toy")
+
+
+def outputs_of(texts: list[str]) -> list[dict]:
+    return [{"sample": j, "output": t, "prompt": "p", "finish_reason": "stop"} for j, t in enumerate(texts)]
+
+
+def test_accuracy_pass_at_k_and_majority_vote():
+    items = {"toy": [item(0, "\\frac{1}{2}"), item(1, "12"), item(2, "7")]}
+    outputs = {
+        "toy/t0": outputs_of(["so \\boxed{0.5}", "\\boxed{3}", "The answer is $\\dfrac12$."]),  # 2 right, maj right
+        "toy/t1": outputs_of(["\\boxed{13}", "\\boxed{13.0}", "\\boxed{12}"]),  # 1 right, maj (13) wrong
+        "toy/t2": outputs_of(["no idea", "\\boxed{8}", "\\boxed{9}"]),  # none right
+    }
+    cfg = EvalConfig(model="m", output_dir="o", benchmarks=["toy"], samples=3, temperature=0.7, grade_workers=1)
+    metrics, records = score(items, outputs, cfg)
+    toy = metrics["toy"]
+    assert toy["accuracy"] == pytest.approx(100 * 3 / 9)
+    assert toy["pass@3"] == pytest.approx(100 * 2 / 3)
+    assert toy["maj@3"] == pytest.approx(100 * 1 / 3)
+    assert [r["correct"] for r in records] == [True, False, True, False, False, True, False, False, False]
+    assert records[0]["extracted"] == "0.5" and records[6]["extracted"] in (None, "")
+    table = markdown_report(cfg, metrics)
+    assert "| toy | 3 | 33.3 | 66.7 | 33.3 | 0 |" in table
+
+
+def test_bad_eval_settings_are_clear(tmp_path, shared_data):
+    with pytest.raises(ValueError, match="samples > 1 with temperature 0"):
+        EvalConfig(model="m", output_dir="o", samples=4)
+    assert main(["eval", "--model", "m", "--benchmarks", "gsm9k", "--data-dir", str(shared_data),
+                 "--output-dir", str(tmp_path)]) == 2
