@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 
 
@@ -55,6 +56,38 @@ def _train(args: argparse.Namespace) -> None:
     result = run_training(cfg)
     print(json.dumps({"steps": result.steps, "final_loss": result.final_loss, "eval_loss": result.eval_loss,
                       "eval": result.eval_metrics, "output_dir": str(result.output_dir), "data": result.data_stats}))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from sq_jax.eval.runner import EvalConfig, run_eval
+    from sq_jax.sampling.server import EngineSettings
+
+    engine = EngineSettings(max_slots=args.max_slots, max_cache_length=args.max_cache_length,
+                            max_prefill_length=args.max_prefill_length, dtype=args.dtype, prompt_format=args.format,
+                            overlong_prompt="truncate_left" if args.truncate_prompts else "error",
+                            mesh_tensor=args.mesh_tensor, mesh_fsdp=args.mesh_fsdp)
+    benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    cfg = EvalConfig(model=args.model, output_dir=args.output_dir, benchmarks=benchmarks, data_dir=args.data_dir,
+                     limit=args.limit, samples=args.samples, temperature=args.temperature, top_p=args.top_p,
+                     max_tokens=args.max_tokens, seed=args.seed, engine=engine, backend=args.backend,
+                     grade_workers=args.grade_workers, grade_timeout_s=args.grade_timeout)
+    report = run_eval(cfg)
+    print((Path(args.output_dir) / "report.md").read_text())
+    print(json.dumps({"output_dir": args.output_dir, "metrics": report["metrics"]}))
+
+
+def _pipeline(args: argparse.Namespace) -> None:
+    from sq_jax.pipeline.config import load_pipeline
+    from sq_jax.pipeline.runner import report_markdown, run_pipeline, stage_status
+
+    cfg = load_pipeline(args.config, args.overrides)
+    if args.action == "status":
+        for row in stage_status(cfg):
+            counts = ", ".join(f"{k}={v}" for k, v in row["counts"].items())
+            print(f"{row['stage']:<24} {row['kind']:<18} {row['state']:<8} {counts}")
+        return
+    report = run_pipeline(cfg, only=args.only, start=args.start, until=args.until)
+    print(report_markdown(report))
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -107,10 +140,45 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=1e-5 max_steps=100")
         p.set_defaults(func=_train)
 
+    p = sub.add_parser("pipeline", help="the whole ScaleQuest method as resumable stages (run | status)")
+    p.add_argument("action", choices=("run", "status"))
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. stages.questions.config.count=100")
+    p.add_argument("--only", default=None, help="run just this stage (its inputs must be done)")
+    p.add_argument("--from", dest="start", default=None, help="start at this stage")
+    p.add_argument("--until", default=None, help="stop after this stage")
+    p.set_defaults(func=_pipeline)
+
     p = sub.add_parser("generate", help="offline batch generation to sharded JSONL (resumable)")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser("eval", help="accuracy on GSM8K / MATH-500 / College Math / OlympiadBench (greedy, graded)")
+    p.add_argument("--model", required=True, help="HF model dir or hub id, or an sq-jax native checkpoint")
+    p.add_argument("--benchmarks", default="gsm8k,math500,college_math,olympiadbench",
+                   help="comma-separated: gsm8k, math, math500, college_math, olympiadbench, jsonl:PATH")
+    p.add_argument("--output-dir", default="runs/eval")
+    p.add_argument("--data-dir", default=None, help="read <DIR>/<benchmark>/test.jsonl instead of the hub")
+    p.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark")
+    p.add_argument("--samples", type=int, default=1, help="k answers per question: adds pass@k and maj@k")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-slots", type=int, default=64)
+    p.add_argument("--max-cache-length", type=int, default=4096)
+    p.add_argument("--max-prefill-length", type=int, default=2048)
+    p.add_argument("--truncate-prompts", action="store_true", help="cut overlong prompts on the left, not fail them")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--format", default=None, help="prompt format; default: detected from the tokenizer")
+    p.add_argument("--backend", choices=("jetstream", "raw"), default="jetstream")
+    p.add_argument("--mesh-tensor", type=int, default=-1,
+                   help="tensor-parallel size (-1: the devices fsdp leaves); must divide the model's kv heads")
+    p.add_argument("--mesh-fsdp", type=int, default=1, help="parameter-sharding size (-1: the devices tensor leaves)")
+    p.add_argument("--grade-workers", type=int, default=None, help="grading processes (default: one per CPU)")
+    p.add_argument("--grade-timeout", type=float, default=5.0, help="seconds per answer before it is graded wrong")
+    p.set_defaults(func=_eval)
 
     p = sub.add_parser("serve", help="JetStream gRPC server over a model")
     p.add_argument("--model", required=True)

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 
 from sq_jax.configlib import load_config
+from sq_jax.pipeline.config import PipelineConfig, load_pipeline
 from sq_jax.sampling.generate_job import GenerateConfig
 from sq_jax.train.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-KINDS = {"qft": TrainConfig, "sft": TrainConfig, "qpo": TrainConfig, "generate": GenerateConfig}
+KINDS = {"qft": TrainConfig, "sft": TrainConfig, "qpo": TrainConfig, "generate": GenerateConfig,
+         "pipeline": PipelineConfig}
 
 
 def test_every_config_folder_has_a_loader():
@@ -21,6 +23,7 @@ def test_every_config_folder_has_a_loader():
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.glob("*/*.yaml")))
 def test_config_loads(path):
     kind = Path(path).parts[0]
-    cfg = load_config(KINDS[kind], CONFIGS / path)
+    # Pipelines also check every stage's config against its kind.
+    cfg = load_pipeline(CONFIGS / path) if kind == "pipeline" else load_config(KINDS[kind], CONFIGS / path)
     if kind in ("qft", "sft", "qpo"):
         assert cfg.task == kind

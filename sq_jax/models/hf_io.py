@@ -279,7 +279,8 @@ def load_pretrained(
                     )
                 var.set_value(_place(array, shardings[path], var.get_value().dtype))
                 loaded.add(path)
-        known = {r.hf_name for r in tensor_rules(cfg.replace(head="lm", tie_word_embeddings=False))}
+        # The model's own head, or an LM head left behind on purpose when a fresh score head replaces it.
+        known = {r.hf_name for c in (cfg, cfg.replace(head="lm", tie_word_embeddings=False)) for r in tensor_rules(c)}
         unused = sorted(n for n in reader.names() - known if not n.endswith(_IGNORED_SUFFIXES))
         if unused:
             log.warning("%s: %d checkpoint tensors not used: %s", model_dir, len(unused), ", ".join(unused[:8]))

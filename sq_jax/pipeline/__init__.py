@@ -1,0 +1,1 @@
+"""Pipeline stages: datasets in, datasets out, each idempotent and resumable."""

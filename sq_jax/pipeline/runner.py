@@ -1,0 +1,172 @@
+"""The resumable stage runner: `sq-jax pipeline run|status CONFIG`.
+
+Each stage has a fingerprint: its kind, its config, the pipeline seed, the fingerprints of its upstream stages and
+of any local file or folder its config names. A stage whose manifest says `done` with the same fingerprint is
+skipped; any change reruns that stage and, through their fingerprints, exactly the stages downstream of it. A
+stage that reruns starts from an empty folder, except that generation inside it resumes at shard granularity
+(its own manifest guards against mixing configs). Stage outputs are written atomically, so a kill at any point
+leaves either the previous state or the finished output, never half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from sq_jax.configlib import config_hash
+from sq_jax.pipeline.config import PipelineConfig, stage_config
+from sq_jax.pipeline.stages import KINDS, StageContext, StageError
+
+log = logging.getLogger(__name__)
+MANIFEST = "_stage.json"
+
+
+def _path_fingerprint(path: Path) -> Any:
+    if path.is_file():
+        st = path.stat()
+        if st.st_size <= 64 << 20:
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+        return [st.st_size, st.st_mtime_ns]
+    return sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in path.rglob("*") if p.is_file())
+
+
+def _external(value: Any) -> dict[str, Any]:
+    """Fingerprints of every existing local path named anywhere in a stage config."""
+    out: dict[str, Any] = {}
+    if isinstance(value, dict):
+        for v in value.values():
+            out.update(_external(v))
+    elif isinstance(value, list):
+        for v in value:
+            out.update(_external(v))
+    elif isinstance(value, str) and ("/" in value or value.endswith((".jsonl", ".parquet"))):
+        path = Path(os.path.expanduser(value))
+        if path.exists():
+            out[value] = _path_fingerprint(path)
+    return out
+
+
+def fingerprints(cfg: PipelineConfig) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, spec in cfg.stages.items():
+        out[name] = config_hash({"kind": spec.kind, "config": spec.config, "seed": cfg.seed,
+                                 "inputs": {role: out[up] for role, up in sorted(spec.inputs.items())},
+                                 "external": _external(spec.config)})
+    return out
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any]:
+    path = stage_dir / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_manifest(stage_dir: Path, manifest: dict[str, Any]) -> None:
+    tmp = stage_dir / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    tmp.replace(stage_dir / MANIFEST)
+
+
+def stage_status(cfg: PipelineConfig) -> list[dict[str, Any]]:
+    """Per stage: done (current), stale (done under another fingerprint), partial or pending."""
+    fps, rows = fingerprints(cfg), []
+    for name, spec in cfg.stages.items():
+        manifest = read_manifest(Path(cfg.output_dir) / name)
+        if manifest.get("status") == "done":
+            state = "done" if manifest.get("fingerprint") == fps[name] else "stale"
+        else:
+            state = "partial" if manifest else "pending"
+        rows.append({"stage": name, "kind": spec.kind, "state": state, "counts": manifest.get("counts", {})})
+    return rows
+
+
+def _select(cfg: PipelineConfig, only: str | None, start: str | None, until: str | None) -> list[str]:
+    order = cfg.order()
+    for label, name in (("--only", only), ("--from", start), ("--until", until)):
+        if name is not None and name not in cfg.stages:
+            raise ValueError(f"{label} {name!r}: no such stage; stages: {', '.join(order)}")
+    if only:
+        return [only]
+    first = order.index(start) if start else 0
+    last = order.index(until) if until else len(order) - 1
+    return order[first : last + 1]
+
+
+def run_pipeline(cfg: PipelineConfig, *, only: str | None = None, start: str | None = None,
+                 until: str | None = None) -> dict[str, Any]:
+    """Run the selected stages (all by default), skipping those already done; returns the run report."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fps = fingerprints(cfg)
+    selected = _select(cfg, only, start, until)
+    for name in selected:
+        spec = cfg.stages[name]
+        stage_dir = out / name
+        for role, upstream in spec.inputs.items():
+            up = read_manifest(out / upstream)
+            if up.get("status") != "done" or up.get("fingerprint") != fps[upstream]:
+                raise StageError(name, f"input {role!r} comes from stage {upstream!r}, which is not done with its "
+                                       "current config; run it first (drop --only / --from)")
+        manifest = read_manifest(stage_dir)
+        if manifest.get("status") == "done" and manifest.get("fingerprint") == fps[name]:
+            log.info("stage %s: done, skipped", name)
+            continue
+        if manifest.get("fingerprint") not in (None, fps[name]):
+            log.info("stage %s: config or inputs changed; rerunning from scratch", name)
+            shutil.rmtree(stage_dir)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        _write_manifest(stage_dir, {"stage": name, "kind": spec.kind, "fingerprint": fps[name],
+                                    "status": "running"})
+        kind = KINDS[spec.kind]
+        ctx = StageContext(name=name, dir=stage_dir, inputs={r: out / u for r, u in spec.inputs.items()},
+                           seed=cfg.seed, output_dir=out)
+        started = time.perf_counter()
+        stats = kind.run(ctx, stage_config(kind.config, spec, name, "pipeline"))
+        seconds = time.perf_counter() - started
+        counts = {"records": ctx.count_records()} if kind.produces == "records" else {}
+        if kind.produces == "records" and counts["records"] == 0:
+            raise StageError(name, f"produced no records (stats: {json.dumps(stats, default=str)}); "
+                                   "every later stage would have nothing to work on")
+        _write_manifest(stage_dir, {"stage": name, "kind": spec.kind, "fingerprint": fps[name], "status": "done",
+                                    "seconds": seconds, "counts": counts, "stats": stats})
+        write_report(cfg)  # after every stage: a later stage (the export's card) and a watcher can read it
+    return write_report(cfg)
+
+
+def write_report(cfg: PipelineConfig) -> dict[str, Any]:
+    """`report.json` and `report.md` from every stage manifest (also the ones skipped this time)."""
+    out = Path(cfg.output_dir)
+    stages = []
+    for name, spec in cfg.stages.items():
+        m = read_manifest(out / name)
+        stages.append({"stage": name, "kind": spec.kind, "status": m.get("status", "pending"),
+                       "seconds": m.get("seconds"), "counts": m.get("counts", {}), "stats": m.get("stats", {})})
+    report = {"output_dir": str(out), "seed": cfg.seed, "stages": stages}
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / "report.md").write_text(report_markdown(report))
+    return report
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    lines = ["# sq-jax pipeline run", "", f"Output: `{report['output_dir']}`, seed {report['seed']}.", "",
+             "| stage | kind | status | records | seconds | stats |", "|---|---|---|---|---|---|"]
+    for s in report["stages"]:
+        secs = f"{s['seconds']:.1f}" if s["seconds"] is not None else ""
+        lines.append(f"| {s['stage']} | {s['kind']} | {s['status']} | {s['counts'].get('records', '')} | {secs} | "
+                     f"{_fmt(s['stats'])} |")
+    return "\n".join(lines) + "\n"
+

@@ -1,0 +1,114 @@
+"""Question filters as stages: language, difficulty (a trained scorer), near-duplicates, benchmark contamination.
+Each writes the kept questions as its records and the dropped ones, with their reason, to `dropped.jsonl`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from sq_jax.data.sources import write_jsonl
+from sq_jax.pipeline.filters import Decontaminator, NearDuplicateFilter, decontaminate, dedup, language_problem
+from sq_jax.pipeline.stages import Kind, StageContext
+
+
+def _finish(ctx: StageContext, kept: list[dict], dropped: list[dict], stats: dict[str, Any]) -> dict[str, Any]:
+    write_jsonl(ctx.dir / "dropped.jsonl", dropped)
+    stats.update(input=len(kept) + len(dropped), kept=ctx.write_records(kept), dropped=len(dropped))
+    return stats
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageConfig:
+    min_words: int = 3
+
+
+def language(ctx: StageContext, cfg: LanguageConfig) -> dict[str, Any]:
+    kept, dropped, reasons = [], [], {}
+    for r in ctx.records("questions"):
+        reason = language_problem(r["question"], min_words=cfg.min_words)
+        if reason is None:
+            kept.append(r)
+        else:
+            reasons[f"dropped_{reason}"] = reasons.get(f"dropped_{reason}", 0) + 1
+            dropped.append({**r, "reason": reason})
+    return _finish(ctx, kept, dropped, reasons)
+
+
+@dataclasses.dataclass(frozen=True)
+class DedupConfig:
+    threshold: float = 0.8
+    num_perm: int = 128
+    shingle: int = 3
+    numbers_must_match: bool = True
+
+
+def near_duplicates(ctx: StageContext, cfg: DedupConfig) -> dict[str, Any]:
+    index = NearDuplicateFilter(cfg.threshold, cfg.num_perm, cfg.shingle, seed=ctx.seed,
+                                numbers_must_match=cfg.numbers_must_match)
+    kept, dropped = dedup(ctx.records("questions"), "question", dedup_filter=index)
+    return _finish(ctx, kept, dropped, {"dropped_near_duplicate": len(dropped)})
+
+
+@dataclasses.dataclass(frozen=True)
+class DecontaminationConfig:
+    benchmarks: list[str] = dataclasses.field(
+        default_factory=lambda: ["gsm8k", "math500", "college_math", "olympiadbench"])
+    data_dir: str | None = None  # local copies at <data_dir>/<name>/test.jsonl; None: the hub
+    n: int = 13
+
+
+def contamination(ctx: StageContext, cfg: DecontaminationConfig) -> dict[str, Any]:
+    index = Decontaminator.from_benchmarks(cfg.benchmarks, data_dir=cfg.data_dir, n=cfg.n)
+    kept, dropped = decontaminate(ctx.records("questions"), "question", index)
+    per = {}
+    for d in dropped:
+        per[f"dropped_{d['contaminated_with']}"] = per.get(f"dropped_{d['contaminated_with']}", 0) + 1
+    return _finish(ctx, kept, dropped, {"dropped_contaminated": len(dropped), **per})
+
+
+@dataclasses.dataclass(frozen=True)
+class DifficultyConfig:
+    drop_easiest: float = 0.2  # share of questions with the lowest predicted fail rate to drop
+    model: str | None = None  # default: the `scorer` input's export
+    dtype: str = "bfloat16"
+    batch_size: int = 64
+    max_length: int = 512
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.drop_easiest < 1.0:
+            raise ValueError(f"drop_easiest must be in [0, 1), got {self.drop_easiest}")
+
+
+def difficulty(ctx: StageContext, cfg: DifficultyConfig) -> dict[str, Any]:
+    """Score every question with the trained difficulty scorer (predicted fail rate) and drop the easiest share."""
+    from sq_jax.models.tokenizer import detect_prompt_format, encode_prompt, load_tokenizer
+    from sq_jax.pipeline.scoring import describe, load_scorer, score_sequences
+    from sq_jax.train.tasks.scorer import score_text
+
+    path = ctx.model("scorer", cfg.model)
+    model = load_scorer(path, dtype=cfg.dtype)
+    tokenizer = load_tokenizer(path)
+    fmt = detect_prompt_format(tokenizer)
+    rows = ctx.records("questions")
+    scores = score_sequences(model, [encode_prompt(tokenizer, score_text(fmt, r["question"])) for r in rows],
+                             batch_size=cfg.batch_size, max_length=cfg.max_length)
+    cut = int(len(rows) * cfg.drop_easiest)
+    easiest = set(np.argsort(scores, kind="stable")[:cut].tolist())
+    kept, dropped = [], []
+    for i, r in enumerate(rows):
+        row = {**r, "difficulty": float(scores[i])}
+        (dropped if i in easiest else kept).append(row)
+    threshold = float(max((scores[i] for i in easiest), default=float("nan")))
+    return _finish(ctx, kept, dropped, {"dropped_easy": len(dropped), "threshold": threshold,
+                                        "scores": describe(scores)})
+
+
+KINDS = {
+    "filter_language": Kind(LanguageConfig, language, required_inputs=("questions",)),
+    "filter_difficulty": Kind(DifficultyConfig, difficulty, required_inputs=("questions",),
+                              optional_inputs=("scorer",)),
+    "dedup": Kind(DedupConfig, near_duplicates, required_inputs=("questions",)),
+    "decontaminate": Kind(DecontaminationConfig, contamination, required_inputs=("questions",)),
+}

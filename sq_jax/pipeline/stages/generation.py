@@ -1,0 +1,162 @@
+"""Stages that run the sampling engine: question synthesis, the solvability judge, solver answers for difficulty
+labels, and n responses per question. All go through the resumable offline job (`sq-jax generate`), so a killed
+stage resumes at the last finished shard, and each request's seed comes from the pipeline seed and its id."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+from sq_jax.data.sources import read_records, write_jsonl
+from sq_jax.eval.extract import extract_all_boxed, extract_answer
+from sq_jax.models.tokenizer import parse_judge_verdict
+from sq_jax.pipeline.stages import Kind, StageContext
+from sq_jax.sampling.generate_job import GenerateConfig, PromptSection, SamplingSection, run_generate
+from sq_jax.sampling.server import EngineSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    model: str | None = None  # default: the `model` input's exported checkpoint
+    samples: int = 1
+    sampling: SamplingSection = dataclasses.field(default_factory=SamplingSection)
+    engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
+    backend: Literal["jetstream", "raw"] = "jetstream"
+    shard_size: int = 1000
+    window: int | None = None
+    limit: int | None = None  # first N input records (smoke runs)
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthesisConfig(GenerationConfig):
+    count: int = 1000  # questions to synthesise from the pre-query template
+
+
+def generate(ctx: StageContext, cfg: GenerationConfig, mode: str, rows: list[dict] | None = None,
+             count: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Outputs of the offline job in request order, and its throughput stats."""
+    prompts = PromptSection(mode=mode, count=count)
+    if rows is not None:
+        path = ctx.dir / "prompts.jsonl"
+        write_jsonl(path, ({"id": r["id"], "question": r["question"]} for r in rows))
+        prompts = PromptSection(mode=mode, path=str(path), field="question", id_field="id")
+    sampling = dataclasses.replace(cfg.sampling, seed=cfg.sampling.seed + ctx.seed)
+    job = GenerateConfig(model=ctx.model("model", cfg.model), output_dir=str(ctx.dir / "generate"), prompts=prompts,
+                         samples_per_prompt=cfg.samples, sampling=sampling, engine=cfg.engine, backend=cfg.backend,
+                         shard_size=cfg.shard_size, window=cfg.window)
+    manifest = run_generate(job)
+    outputs: list[dict[str, Any]] = []
+    for k in range(manifest["num_shards"]):
+        outputs += [r.data for r in read_records(Path(job.output_dir) / f"shard-{k:05d}.jsonl")]
+    last = manifest["stats"].get("last_run", {})
+    seconds = max(float(last.get("seconds", 0.0)), 1e-9)
+    stats = {"requests": manifest["num_requests"], "finish": {k: manifest["stats"].get(k, 0)
+                                                              for k in ("stop", "length", "cache", "error")},
+             "last_run_requests_per_s": last.get("requests", 0) / seconds,
+             "last_run_tokens_per_s": last.get("output_tokens", 0) / seconds}
+    return outputs, stats
+
+
+def _inputs(ctx: StageContext, cfg: GenerationConfig, role: str = "questions") -> list[dict[str, Any]]:
+    rows = ctx.records(role)
+    return rows[: cfg.limit] if cfg.limit is not None else rows
+
+
+def synthesize(ctx: StageContext, cfg: SynthesisConfig) -> dict[str, Any]:
+    """Questions from nothing: the pre-query template, prefilled once and sampled `count` times."""
+    outputs, stats = generate(ctx, cfg, "pre_query", count=cfg.count)
+    rows = [{"id": f"{ctx.name}-{o['prompt_id']}", "question": o["output"].strip(), "finish": o["finish_reason"]}
+            for o in outputs if o["finish_reason"] != "error"]
+    stats["errors"] = len(outputs) - len(rows)
+    stats["questions"] = ctx.write_records(rows)
+    return stats
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeConfig(GenerationConfig):
+    # A reply without a final verdict line is dropped; `keep` exists for judges too small to follow the format
+    # (the tiny default), so the stage still runs end to end. Either way it is counted.
+    on_no_verdict: Literal["drop", "keep"] = "drop"
+
+
+def judge(ctx: StageContext, cfg: JudgeConfig) -> dict[str, Any]:
+    """Solvability filter: the judge reasons, then a final verdict line; only that line decides."""
+    rows = _inputs(ctx, cfg)
+    outputs, stats = generate(ctx, cfg, "judge", rows)
+    by_id = {o["prompt_id"]: o for o in outputs}
+    kept, counts = [], {"kept": 0, "dropped_unsolvable": 0, "dropped_no_verdict": 0}
+    for r in rows:
+        verdict = parse_judge_verdict(by_id[r["id"]]["output"])
+        if verdict is None:
+            counts["no_verdict"] = counts.get("no_verdict", 0) + 1
+            if cfg.on_no_verdict == "keep":
+                verdict = True
+        if verdict is True:
+            kept.append(r)
+            counts["kept"] += 1
+        else:
+            counts["dropped_unsolvable" if verdict is False else "dropped_no_verdict"] += 1
+    ctx.write_records(kept)
+    return {**stats, **counts}
+
+
+@dataclasses.dataclass(frozen=True)
+class ResponseConfig(GenerationConfig):
+    require_answer: bool = True  # drop responses without a final \boxed{} answer
+
+
+def respond(ctx: StageContext, cfg: ResponseConfig) -> dict[str, Any]:
+    """n solutions per question with the solver prompt; each keeps its extracted final answer."""
+    rows = _inputs(ctx, cfg)
+    outputs, stats = generate(ctx, cfg, "solver", rows)
+    kept, dropped = [], {"dropped_no_answer": 0, "dropped_error": 0}
+    for o in outputs:
+        if o["finish_reason"] == "error":
+            dropped["dropped_error"] += 1
+            continue
+        boxed = extract_all_boxed(o["output"])
+        if cfg.require_answer and not boxed:
+            dropped["dropped_no_answer"] += 1
+            continue
+        kept.append({"id": o["id"], "question_id": o["prompt_id"], "query": o["question"],
+                     "response": o["output"].strip(), "answer": boxed[-1] if boxed else None,
+                     "finish": o["finish_reason"]})
+    stats.update(dropped, responses=ctx.write_records(kept))
+    return stats
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelConfig(GenerationConfig):
+    samples: int = 4  # solver attempts per seed question: the fail rate's resolution
+    grade_timeout_s: float = 5.0
+
+
+def difficulty_labels(ctx: StageContext, cfg: LabelConfig) -> dict[str, Any]:
+    """Fail-rate labels: k solver attempts per seed question with a known answer, graded by the eval grader."""
+    from sq_jax.eval.grading import GradeRequest, grade_many
+
+    rows = [r for r in _inputs(ctx, cfg, "seeds") if r.get("answer") not in (None, "")]
+    if not rows:
+        raise ctx.error("no seed question has an `answer`; difficulty labels need gold answers")
+    outputs, stats = generate(ctx, cfg, "solver", rows)
+    gold = {r["id"]: str(r["answer"]) for r in rows}
+    results = grade_many([GradeRequest(o["output"], gold[o["prompt_id"]]) for o in outputs],
+                         timeout_s=cfg.grade_timeout_s)
+    right: dict[str, int] = {r["id"]: 0 for r in rows}
+    for o, res in zip(outputs, results):
+        right[o["prompt_id"]] += bool(res.correct)
+    labelled = [{"id": r["id"], "question": r["question"], "score": 1.0 - right[r["id"]] / cfg.samples,
+                 "correct": right[r["id"]], "attempts": cfg.samples} for r in rows]
+    stats["mean_fail_rate"] = sum(x["score"] for x in labelled) / len(labelled)
+    stats["extracted_answers"] = sum(extract_answer(o["output"]) is not None for o in outputs)
+    stats["labelled"] = ctx.write_records(labelled)
+    return stats
+
+
+KINDS = {
+    "synthesize": Kind(SynthesisConfig, synthesize, optional_inputs=("model",)),
+    "judge": Kind(JudgeConfig, judge, required_inputs=("questions",), optional_inputs=("model",)),
+    "respond": Kind(ResponseConfig, respond, required_inputs=("questions",), optional_inputs=("model",)),
+    "difficulty_labels": Kind(LabelConfig, difficulty_labels, required_inputs=("seeds",), optional_inputs=("model",)),
+}
