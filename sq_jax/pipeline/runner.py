@@ -127,7 +127,12 @@ def run_pipeline(cfg: PipelineConfig, *, only: str | None = None, start: str | N
         ctx = StageContext(name=name, dir=stage_dir, inputs={r: out / u for r, u in spec.inputs.items()},
                            seed=cfg.seed, output_dir=out)
         started = time.perf_counter()
-        stats = kind.run(ctx, stage_config(kind.config, spec, name, "pipeline"))
+        try:
+            stats = kind.run(ctx, stage_config(kind.config, spec, name, "pipeline"))
+        except StageError:
+            raise
+        except (ValueError, FileNotFoundError) as e:  # bad input data or settings: say which stage met it
+            raise StageError(name, str(e)) from e
         seconds = time.perf_counter() - started
         counts = {"records": ctx.count_records()} if kind.produces == "records" else {}
         if kind.produces == "records" and counts["records"] == 0:

@@ -87,7 +87,7 @@ def test_empty_stage_output_and_bad_configs_stop_with_the_stage_name(tmp_path, s
 
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"question": "How many?"}\n{"question": oops\n')
-    with pytest.raises(Exception, match=r"broken.jsonl:2: malformed JSON"):
+    with pytest.raises(StageError, match=r"stage 'seeds': .*broken.jsonl:2: malformed JSON"):
         run_pipeline(load_pipeline(write_pipeline(tmp_path, str(broken), shared_data)))
 
     data = yaml.safe_load(config.read_text())

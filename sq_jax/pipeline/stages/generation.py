@@ -103,7 +103,13 @@ def judge(ctx: StageContext, cfg: JudgeConfig) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class ResponseConfig(GenerationConfig):
-    require_answer: bool = True  # drop responses without a final \boxed{} answer
+    # Drop responses without a final-answer marker (\boxed{}, "the answer is", "final answer is"), as the paper.
+    require_answer: bool = True
+
+
+def has_final_answer(text: str) -> bool:
+    lowered = text.lower()
+    return bool(extract_all_boxed(text)) or "he answer is" in lowered or "final answer is" in lowered
 
 
 def respond(ctx: StageContext, cfg: ResponseConfig) -> dict[str, Any]:
@@ -115,12 +121,11 @@ def respond(ctx: StageContext, cfg: ResponseConfig) -> dict[str, Any]:
         if o["finish_reason"] == "error":
             dropped["dropped_error"] += 1
             continue
-        boxed = extract_all_boxed(o["output"])
-        if cfg.require_answer and not boxed:
+        if cfg.require_answer and not has_final_answer(o["output"]):
             dropped["dropped_no_answer"] += 1
             continue
         kept.append({"id": o["id"], "question_id": o["prompt_id"], "query": o["question"],
-                     "response": o["output"].strip(), "answer": boxed[-1] if boxed else None,
+                     "response": o["output"].strip(), "answer": extract_answer(o["output"]),
                      "finish": o["finish_reason"]})
     stats.update(dropped, responses=ctx.write_records(kept))
     return stats

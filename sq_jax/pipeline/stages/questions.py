@@ -17,14 +17,17 @@ class SeedConfig:
     sources: list[SourceSection]
     question_field: str = "question"
     answer_field: str | None = "answer"  # None: questions only (no difficulty labels from these)
-    # How the gold answer is stored: gsm8k (after ####), boxed (a solution with \boxed{}), plain (the answer).
-    answer_format: Literal["gsm8k", "boxed", "plain"] = "plain"
+    # How the gold answer is stored: gsm8k (after ####), boxed (a solution with \boxed{}), plain (the answer),
+    # auto (gsm8k when the text has ####, boxed when it has \boxed, else plain: GSM8K and MATH in one stage).
+    answer_format: Literal["auto", "gsm8k", "boxed", "plain"] = "auto"
 
 
 def _gold(value: Any, fmt: str) -> str | None:
     if value is None:
         return None
     text = str(value)
+    if fmt == "auto":
+        fmt = "gsm8k" if "####" in text else "boxed" if "\\boxed" in text else "plain"
     if fmt == "gsm8k":
         return gsm8k_gold(text)
     if fmt == "boxed":
