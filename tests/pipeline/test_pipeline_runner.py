@@ -127,3 +127,14 @@ def test_reward_model_without_chat_template_is_a_clear_error(tmp_path):
     with pytest.raises(StageError, match=r"stage 'rewards': the tokenizer of reward model .* has no chat template"):
         reward(ctx, RewardConfig(model=str(model), head="score", dtype="float32"))
 
+
+
+def test_missing_api_key_stops_the_optimise_stage_by_name(tmp_path, shared_data, monkeypatch):
+    monkeypatch.delenv("SQ_JAX_TEST_KEY", raising=False)
+    config = write_pipeline(tmp_path, seed_file(tmp_path, shared_data), shared_data)
+    data = yaml.safe_load(config.read_text())
+    data["stages"]["rewrite"] = {"kind": "optimise", "inputs": {"questions": "clean"},
+                                 "config": {"backend": "openai", "openai": {"api_key_env": "SQ_JAX_TEST_KEY"}}}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(StageError, match=r"stage 'rewrite': optimise: .*SQ_JAX_TEST_KEY"):
+        run_pipeline(load_pipeline(config))
