@@ -14,7 +14,8 @@ from sq_jax.train.step import lm_loss
 
 
 class LMTask:
-    """Shared by the next-token tasks: sequences packed several to a row, mean token cross-entropy."""
+    """Shared by the next-token tasks: sequences packed several to a row, mean token cross-entropy. A subclass
+    defines `encode(data) -> (tokens, loss_mask)`."""
 
     name = "lm"
     fields: tuple[str, ...] = ()
@@ -23,9 +24,6 @@ class LMTask:
     def __init__(self, tokenizer: Any, fmt: PromptFormat, cfg: TrainConfig):
         self.tokenizer, self.fmt, self.cfg = tokenizer, fmt, cfg
         self.loss_fn = lm_loss
-
-    def encode(self, data: dict[str, Any]) -> tuple[list[int], list[int]]:
-        raise NotImplementedError
 
     def row_length(self, data: DataSection) -> int:
         return data.row_length or data.max_length
