@@ -94,6 +94,17 @@ def eval_rows(examples: Any, seq_len: int, rows_per_batch: int, pad_id: int = 0)
         yield {k: np.stack([c[k] for c in chunk]) for k in chunk[0]}
 
 
+def eval_batches(examples: Any, seq_len: int, rows_per_batch: int, pad_id: int,
+                 agree: Callable[[int], int] = lambda n: n) -> Iterator[dict[str, np.ndarray]]:
+    """`eval_rows`, then all-padding batches (no loss, no pairs) up to `agree(number of batches)`: every host
+    must run as many batches as the host with the most (hosts hold different shares)."""
+    batches = list(eval_rows(examples, seq_len, rows_per_batch, pad_id))
+    blank = examples.assemble([], seq_len, pad_id)
+    empty = {k: np.stack([v] * rows_per_batch) for k, v in blank.items()}
+    for i in range(agree(len(batches))):
+        yield batches[i] if i < len(batches) else empty
+
+
 def host_shard(records: Sequence[Record]) -> list[Record]:
     """This process's disjoint share of the records (round robin, so shares differ by at most one)."""
     return list(records[jax.process_index() :: jax.process_count()])

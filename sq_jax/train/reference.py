@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from sq_jax.data.pairs import PreferencePairs
-from sq_jax.data.pipeline import eval_rows
+from sq_jax.data.pipeline import eval_batches
 from sq_jax.train.step import batch_sharding
 from sq_jax.train.tasks.qpo import pair_logps
 
@@ -67,11 +67,7 @@ class ReferenceScorer:
         `to_device` makes a global batch from this host's rows.
         """
         out = np.full((len(pairs), 2), np.nan, np.float32)
-        batches = list(eval_rows(pairs, seq_len, rows_per_host, pad_id))
-        blank = pairs.assemble([], seq_len, pad_id)
-        empty = {k: np.stack([v] * rows_per_host) for k, v in blank.items()}
-        for i in range(num_batches(len(batches))):
-            host = batches[i] if i < len(batches) else empty
+        for host in eval_batches(pairs, seq_len, rows_per_host, pad_id, num_batches):
             scores = local_rows(self._rows(self.params, to_device({k: host[k] for k in MODEL_KEYS})))
             index = host["example_index"]
             out[index[index >= 0]] = scores[index >= 0]

@@ -16,7 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from sq_jax.configlib import config_hash, to_dict
-from sq_jax.data.pipeline import PackedBatches, eval_rows, host_shard
+from sq_jax.data.pipeline import PackedBatches, eval_batches, host_shard
 from sq_jax.data.sources import Record, read_records
 from sq_jax.models.checkpoint import copy_side_files, load_model
 from sq_jax.models.hf_io import save_pretrained
@@ -28,7 +28,7 @@ from sq_jax.train.config import TrainConfig
 from sq_jax.train.metrics import MetricsWriter, device_peak_tflops, training_flops_per_token
 from sq_jax.train.optim import make_optimizer
 from sq_jax.train.reference import ReferenceScorer, cache_key, load_cached, save_cached
-from sq_jax.train.step import batch_sharding, make_eval_step, make_train_step
+from sq_jax.train.step import batch_sharding, make_eval_step, make_train_step, means
 from sq_jax.train.tasks import make_task
 
 log = logging.getLogger(__name__)
@@ -250,17 +250,12 @@ class Trainer:
         if self.eval_examples is None:
             return None
         per_host = self.micro // jax.process_count()
-        batches = list(eval_rows(self.eval_examples, self.seq_len, per_host, self._pad_id()))
-        blank = self.eval_examples.assemble([], self.seq_len, self._pad_id())
-        empty = {k: np.stack([v] * per_host) for k, v in blank.items()}  # all padding: adds no loss
         totals: dict[str, float] = {}
-        for i in range(_global_max(len(batches))):
-            batch = batches[i] if i < len(batches) else empty
+        for batch in eval_batches(self.eval_examples, self.seq_len, per_host, self._pad_id(), _global_max):
             device = self._device_batch(batch, accumulated=False, keys=self.eval_examples.batch_keys)
             for k, v in jax.device_get(self.eval_step(self.params, device)).items():
                 totals[k] = totals.get(k, 0.0) + float(v)
-        count = max(totals["count"], 1.0)
-        mean = {k: v if k in ("count", "tokens") else v / count for k, v in totals.items()}
+        mean = means(totals)
         return {k: float(v) for k, v in self.task.summarize(mean).items()}
 
     def train(self) -> TrainResult:
