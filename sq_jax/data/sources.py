@@ -146,8 +146,9 @@ def _looks_local(spec: str) -> bool:
 def _iter_procedural(spec: str) -> Generator[Record, None, None]:
     """`procedural:COUNT[:SEED]`: the offline toy problems (the tiny default's seed set);
     `procedural-pairs:COUNT[:SEED]`: toy preference pairs (solvable chosen, same scenario missing a quantity
-    rejected)."""
+    rejected); `procedural-rewrites:COUNT[:SEED]`: chat SFT records teaching the tiny optimiser its rewrite."""
     from sq_jax.data.procedural import iter_preference_pairs, iter_problems
+    from sq_jax.data.procedural_rewrites import iter_rewrite_examples
 
     kind, *parts = spec.split(":")
     try:
@@ -156,16 +157,17 @@ def _iter_procedural(spec: str) -> Generator[Record, None, None]:
             raise ValueError
     except (ValueError, IndexError):
         raise DataError(f"{spec!r}: expected {kind}:COUNT[:SEED] with integers, COUNT >= 0") from None
-    if kind == "procedural-pairs":
-        for line, pair in zip(range(1, count + 1), iter_preference_pairs(seed)):
-            yield Record(pair, spec, line)
+    streams = {"procedural-pairs": iter_preference_pairs, "procedural-rewrites": iter_rewrite_examples}
+    if kind in streams:
+        for line, row in zip(range(1, count + 1), streams[kind](seed)):
+            yield Record(row, spec, line)
         return
     for line, problem in zip(range(1, count + 1), iter_problems(seed)):
         yield Record(problem.to_record(), spec, line)
 
 
 def _iter_spec(spec: str | Path, split: str, limit: int | None) -> Generator[Record, None, None]:
-    if isinstance(spec, str) and spec.startswith(("procedural:", "procedural-pairs:")):
+    if isinstance(spec, str) and spec.startswith(("procedural:", "procedural-pairs:", "procedural-rewrites:")):
         return _iter_procedural(spec)
     if isinstance(spec, str) and spec.startswith("hf:"):
         name, _, config = spec[3:].partition(":")

@@ -39,11 +39,18 @@ def build_tiny(
     """Train the tokenizer on procedural questions and solutions, init the model from `seed`, save both.
 
     `shape` overrides TINY_SHAPE (tests use an even smaller model)."""
+    # Lazy: the pipeline package imports the model modules.
+    from sq_jax.pipeline.optimiser import DIRECTIONS, optimiser_messages
+
     out = Path(out_dir)
     problems = generate_problems(num_texts, seed=seed, unsolvable_fraction=0.1)
     fmt = get_prompt_format("qwen")
     texts = [p.question for p in problems] + [p.solution for p in problems]
     texts += [fmt.qft_text(p.question) for p in problems[:200]]
+    # The optimiser's chat requests too: the tiny optimiser reads them, and seen words cost one token, not several
+    # (its prompt is ~300 tokens instead of ~600).
+    texts += [fmt.chat(optimiser_messages(p.question, d), add_generation_prompt=True)
+              for p in problems[:100] for d in DIRECTIONS]
     tokenizer = train_tiny_tokenizer(texts, vocab_size=vocab_size)
     cfg = tiny_config(
         len(tokenizer),

@@ -69,11 +69,20 @@ INSTRUCTIONS: dict[str, str] = {
 }
 
 
-def choose_direction(question_id: str, seed: int) -> str:
-    """The rewrite direction of one question: a hash of (seed, id), about half each way, stable across runs."""
+def check_directions(directions: Sequence[str]) -> tuple[str, ...]:
+    """`directions` as a tuple, refused when empty, repeated or naming an unknown direction."""
+    directions = tuple(directions)
+    unknown = [d for d in directions if d not in DIRECTIONS]
+    if not directions or unknown or len(set(directions)) != len(directions):
+        raise ValueError(f"optimise: directions must be distinct names from {DIRECTIONS}, got {list(directions)}")
+    return directions
+
+
+def choose_direction(question_id: str, seed: int, directions: Sequence[str] = DIRECTIONS) -> str:
+    """The rewrite direction of one question: a hash of (seed, id), evenly over `directions`, stable across runs."""
     # Its own namespace, so the choice is uncorrelated with `request_seed(seed, id)` used for sampling.
     digest = hashlib.sha256(f"sq-jax/optimise-direction/{seed}/{question_id}".encode()).digest()
-    return DIRECTIONS[digest[0] & 1]
+    return directions[digest[0] % len(directions)]
 
 
 def optimiser_messages(question: str, direction: str) -> list[dict[str, str]]:
@@ -365,13 +374,16 @@ def _normalise(text: str) -> str:
 
 def optimise(
     records: Sequence[dict], backend: ChatBackend, *, seed: int, question_field: str = "question",
-    id_field: str = "id",
+    id_field: str = "id", directions: Sequence[str] = DIRECTIONS,
 ) -> tuple[list[dict], dict[str, int]]:
     """Rewrite every record's question; preference pairs (chosen = rewrite, rejected = original) and counters.
 
+    Each question goes one of `directions` (the paper: both, half each), chosen per question by `choose_direction`.
+
     Every input id ends in exactly one of: `pairs`, `errors`, `dropped_unparsable`, `dropped_unchanged`.
     """
-    requests, originals, directions = [], [], []
+    allowed = check_directions(directions)
+    requests, originals, picked = [], [], []
     seen: set[str] = set()
     for index, record in enumerate(records):
         if id_field not in record or question_field not in record:
@@ -384,10 +396,10 @@ def optimise(
         if rid in seen:
             raise ValueError(f"optimise: duplicate id {rid!r} (record {index}); ids must be unique")
         seen.add(rid)
-        direction = choose_direction(rid, seed)
+        direction = choose_direction(rid, seed, allowed)
         requests.append(ChatRequest(rid, optimiser_messages(question, direction)))
         originals.append(question)
-        directions.append(direction)
+        picked.append(direction)
     stats = {name: 0 for name in ("requests", "cached", "errors", "dropped_unparsable", "dropped_unchanged",
                                   "pairs")}
     stats |= {f"{kind}_{d}": 0 for kind in ("requests", "pairs") for d in DIRECTIONS}
@@ -396,7 +408,7 @@ def optimise(
         raise RuntimeError(f"optimise: backend {type(backend).__name__} returned results for other ids or in "
                            "another order than the requests")
     pairs, examples = [], []
-    for request, original, direction, result in zip(requests, originals, directions, results):
+    for request, original, direction, result in zip(requests, originals, picked, results):
         stats["requests"] += 1
         stats[f"requests_{direction}"] += 1
         stats["cached"] += result.cached

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from sq_jax.pipeline.optimiser import (
+    check_directions,
     DIRECTIONS,
     ChatRequest,
     ChatResult,
@@ -119,6 +120,25 @@ def test_directions_deterministic_balanced_and_seeded():
     assert 160 <= first.count("difficulty") <= 240
     other = [choose_direction(i, seed=4) for i in ids]
     assert 120 <= sum(a != b for a, b in zip(first, other)) <= 280  # a new seed re-draws, independently
+
+
+def test_directions_can_be_restricted():
+    ids = [f"q{i:05d}" for i in range(50)]
+    assert {choose_direction(i, 3, ("difficulty",)) for i in ids} == {"difficulty"}
+    # Both directions listed in either order: the same even split, so the paper's default is unchanged.
+    assert [choose_direction(i, 3, DIRECTIONS) for i in ids] == [choose_direction(i, 3) for i in ids]
+    for bad in ([], ["harder"], ["solvability", "solvability"]):
+        with pytest.raises(ValueError, match="directions must be distinct names"):
+            check_directions(bad)
+
+
+def test_optimise_sends_only_the_configured_direction(fake: FakeOpenAI, tmp_path: Path):
+    records = [{"id": f"r{i}", "question": f"What is {i} + 1?"} for i in range(6)]
+    fake.respond = lambda body: ("reply", "### Final Question\nRewritten " + question_of(body))
+    pairs, stats = optimise(records, backend(fake, cache_dir=tmp_path), seed=0, directions=["solvability"])
+    assert stats["requests_solvability"] == stats["pairs_solvability"] == 6 and stats["requests_difficulty"] == 0
+    assert all(p["direction"] == "solvability" for p in pairs)
+    assert all(b["messages"] == optimiser_messages(question_of(b), "solvability") for _, b in fake.requests)
 
 
 def test_optimiser_messages():

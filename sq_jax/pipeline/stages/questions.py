@@ -75,6 +75,13 @@ class OptimiseConfig:
     top_p: float = 0.95
     max_tokens: int = 1024
     limit: int | None = None
+    # The paper rewrites half the questions for solvability and half for difficulty; one name restricts to it.
+    directions: tuple[Literal["solvability", "difficulty"], ...] = ("solvability", "difficulty")
+
+    def __post_init__(self) -> None:
+        from sq_jax.pipeline.optimiser import check_directions
+
+        object.__setattr__(self, "directions", check_directions(self.directions))
 
 
 def optimise_stage(ctx: StageContext, cfg: OptimiseConfig) -> dict[str, Any]:
@@ -98,7 +105,7 @@ def optimise_stage(ctx: StageContext, cfg: OptimiseConfig) -> dict[str, Any]:
         backend = optimiser.LocalBackend(ctx.model("model", cfg.model), engine=cfg.engine,
                                          temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                                          seed=ctx.seed)
-    pairs, stats = optimiser.optimise(rows, backend, seed=ctx.seed)
+    pairs, stats = optimiser.optimise(rows, backend, seed=ctx.seed, directions=cfg.directions)
     ctx.write_records(pairs)
     return stats
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sq_jax.data.pipeline import TokenizedExamples, tokenize_records
-from sq_jax.data.sources import Record
+from sq_jax.data.sources import DataError, Record
 from sq_jax.models.tokenizer import PromptFormat, encode_prompt
 from sq_jax.train.config import DataSection, TrainConfig
 from sq_jax.train.step import lm_loss
@@ -48,12 +48,42 @@ class QFTTask(LMTask):
 
 
 class SFTTask(LMTask):
-    """Supervised fine-tuning on (query, response): the solver prompt, loss on response + end-of-turn only."""
+    """Supervised fine-tuning, loss on response + end-of-turn only. A record is either {query, response}, rendered
+    with the solver prompt, or {messages, response}: OpenAI-style chat messages rendered with the family's chat
+    template plus the generation prompt, exactly as `LocalBackend` renders a request, so a model trained here sees
+    at use the very bytes it was trained on (how the tiny optimiser learns its reply format)."""
 
     name = "sft"
-    fields = ("query", "response")
+    # `read_records` checks only `response`; query-vs-messages is an either/or it cannot express, checked below.
+    fields = ("response",)
+
+    def build_examples(self, records: Sequence[Record]) -> TokenizedExamples:
+        for record in records:  # every record's prompt is checked first, so an error names its source:line
+            self._prompt(record.data, record.where)
+        return super().build_examples(records)
+
+    def _prompt(self, data: dict[str, Any], where: str) -> str:
+        has_query, has_messages = data.get("query") is not None, data.get("messages") is not None
+        if has_query == has_messages:
+            what = "both 'query' and 'messages' are set" if has_query else "required field 'query' is missing"
+            raise DataError(f"{where}: {what}; an SFT record needs 'response' and exactly one of 'query' (a "
+                            f"question for the solver prompt) or 'messages' (chat turns); record has fields "
+                            f"{sorted(data)}")
+        if has_query:
+            return self.fmt.solver_prompt(str(data["query"]).strip())
+        messages = data["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects, got "
+                            f"{type(messages).__name__} {str(messages)[:80]!r}")
+        if isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+            raise DataError(f"{where}: 'messages' ends with an assistant turn; the reply to learn belongs in "
+                            "'response', the messages stop before it")
+        try:
+            return self.fmt.chat(messages, add_generation_prompt=True)
+        except ValueError as e:  # the format names the bad message; this adds the record
+            raise DataError(f"{where}: bad 'messages': {e}") from None
 
     def encode(self, data: dict[str, Any]) -> tuple[list[int], list[int]]:
-        prompt = encode_prompt(self.tokenizer, self.fmt.solver_prompt(str(data["query"]).strip()))
+        prompt = encode_prompt(self.tokenizer, self._prompt(data, str(data.get("id", "SFT record"))))
         response = encode_prompt(self.tokenizer, str(data["response"]).strip() + self.fmt.turn_end)
         return prompt + response, [0] * len(prompt) + [1] * len(response)
