@@ -87,7 +87,8 @@ def _pipeline(args: argparse.Namespace) -> None:
             print(f"{row['stage']:<24} {row['kind']:<18} {row['state']:<8} {counts}")
         return
     report = run_pipeline(cfg, only=args.only, start=args.start, until=args.until)
-    print(report_markdown(report))
+    if report:  # process 0's; the other processes of a multi-host run return none
+        print(report_markdown(report))
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -214,8 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        # Before any JAX computation: tpu/run.sh exports SQ_JAX_DISTRIBUTED=1 on every worker of a slice.
+        from sq_jax.parallel.distributed import initialize, settings_from_env
+
+        settings = settings_from_env()
+        if settings is not None:
+            initialize(settings)
         args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, TimeoutError) as e:
         print(f"sq-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

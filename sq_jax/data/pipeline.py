@@ -110,8 +110,44 @@ def host_shard(records: Sequence[Record]) -> list[Record]:
     return list(records[jax.process_index() :: jax.process_count()])
 
 
+def process_shares(records: Sequence[Record], shares: int | None = None) -> list[list[Record]]:
+    """This process's data shares: the records dealt round robin into `shares` (default one per process), and
+    process p holding shares p*k .. p*k+k-1 for k = shares / processes. Fixing `shares` fixes every batch whatever
+    the number of processes (see `PackedBatches`)."""
+    processes, index = jax.process_count(), jax.process_index()
+    shares = shares or processes
+    if shares % processes:
+        raise ValueError(f"data.shares={shares} is not a multiple of the {processes} processes")
+    per = shares // processes
+    return [list(records[s::shares]) for s in range(index * per, (index + 1) * per)]
+
+
+def concat_examples(parts: Sequence[Any]) -> Any:
+    """Tokenized example sets (one dataclass type) as one: list fields joined, stats summed, the rest equal."""
+    if len(parts) == 1:
+        return parts[0]
+    values = {}
+    for field in dataclasses.fields(parts[0]):
+        got = [getattr(p, field.name) for p in parts]
+        if isinstance(got[0], list):
+            values[field.name] = [x for g in got for x in g]
+        elif isinstance(got[0], dict):
+            values[field.name] = {k: sum(g.get(k, 0) for g in got) for k in got[0]}
+        elif all(g is None for g in got) or all(g == got[0] for g in got):
+            values[field.name] = got[0]
+        else:
+            raise ValueError(f"cannot join example sets that differ in {field.name!r}: {got}")
+    return type(parts[0])(**values)
+
+
 class PackedBatches:
-    """Epochs of shuffled, packed rows of one host, batched `rows_per_batch` at a time by grain."""
+    """Epochs of shuffled, packed rows of one host, batched `rows_per_batch` at a time by grain.
+
+    `groups` splits the examples into data shares (lists of example indices), each shuffled and packed on its own
+    with the same seed and given an equal part of every batch: share j fills the same rows of batch b whichever
+    process holds it, so one process holding shares 0 and 1 trains on exactly the batches two processes holding
+    one share each do.
+    """
 
     def __init__(
         self,
@@ -125,35 +161,51 @@ class PackedBatches:
         open_bins: int = 16,
         pad_id: int = 0,
         max_batches: int | None = None,
+        groups: Sequence[Sequence[int]] | None = None,
     ):
         if len(examples) == 0:
             raise ValueError("no training examples left after tokenization (see the tokenization stats)")
+        groups = [list(range(len(examples)))] if groups is None else [list(g) for g in groups]
+        if rows_per_batch % len(groups):
+            raise ValueError(f"{rows_per_batch} rows per batch do not split evenly over {len(groups)} data shares")
+        per_group = rows_per_batch // len(groups)
         self.examples = examples
         self.seq_len = seq_len
         self.pad_id = pad_id
         lengths = examples.lengths()
-        rows: list[list[int]] = []
-        for epoch in range(epochs):
-            order = grain.MapDataset.range(len(lengths))
-            if shuffle:
-                order = order.shuffle(seed=seed + epoch)
-            rows.extend(plan_packing(lengths, list(order), seq_len, open_bins, examples.max_items))
-        num_batches = len(rows) // rows_per_batch
+        planned = [self._plan(lengths, g, epochs, seed, shuffle, open_bins, examples.max_items) for g in groups]
+        num_batches = min(len(rows) // per_group for rows in planned)
         if max_batches is not None:
             num_batches = min(num_batches, max_batches)
         if num_batches == 0:
             raise ValueError(
-                f"{len(rows)} packed rows of {seq_len} tokens do not fill one batch of {rows_per_batch} rows; "
-                "lower the batch size or the sequence length"
+                f"{min(map(len, planned))} packed rows of {seq_len} tokens do not fill one batch of {per_group} "
+                "rows; lower the batch size or the sequence length"
             )
-        self.rows = rows[: num_batches * rows_per_batch]
+        # Batch b is share 0's rows b*per_group.., then share 1's, ...: grain's batching keeps that order.
+        self.rows = [row for b in range(num_batches) for rows in planned
+                     for row in rows[b * per_group : (b + 1) * per_group]]
+        packed = sum(len(rows) for rows in planned)
         self.stats = {
-            "packed_rows": len(rows),
-            "rows_dropped_partial_batch": len(rows) - len(self.rows),
-            "fill_rate": float(sum(lengths[i] for r in rows for i in r)) / (len(rows) * seq_len),
+            "packed_rows": packed,
+            "rows_dropped_partial_batch": packed - len(self.rows),
+            "fill_rate": float(sum(lengths[i] for rows in planned for r in rows for i in r)) / (packed * seq_len),
         }
         self.num_batches = num_batches
         self.dataset = grain.MapDataset.source(self.rows).map(self._assemble).batch(rows_per_batch)
+
+    def _plan(self, lengths: Sequence[int], group: list[int], epochs: int, seed: int, shuffle: bool,
+              open_bins: int, max_items: int | None) -> list[list[int]]:
+        """Packed rows (example indices) of one data share over all epochs."""
+        local = [lengths[i] for i in group]
+        rows: list[list[int]] = []
+        for epoch in range(epochs):
+            order = grain.MapDataset.range(len(local))
+            if shuffle:
+                order = order.shuffle(seed=seed + epoch)
+            plan = plan_packing(local, list(order), self.seq_len, open_bins, max_items)
+            rows.extend([group[i] for i in row] for row in plan)
+        return rows
 
     def _assemble(self, row: list[int]) -> dict[str, np.ndarray]:
         return self.examples.assemble(row, self.seq_len, self.pad_id)

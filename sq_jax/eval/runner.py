@@ -21,6 +21,7 @@ from sq_jax.data.sources import read_records, write_jsonl
 from sq_jax.eval.benchmarks import BenchmarkItem, load_benchmark
 from sq_jax.eval.equivalence import normalize_answer
 from sq_jax.eval.grading import GradeRequest, grade_many
+from sq_jax.parallel.distributed import is_lead, sync
 from sq_jax.sampling.generate_job import GenerateConfig, PromptSection, SamplingSection, run_generate
 from sq_jax.sampling.server import EngineSettings
 
@@ -80,13 +81,15 @@ def _prompt_rows(items: dict[str, list[BenchmarkItem]]) -> list[dict[str, str]]:
     return rows
 
 
-def _generate(cfg: EvalConfig, rows: list[dict[str, str]]) -> dict[str, list[dict[str, Any]]]:
+def _generate(cfg: EvalConfig, rows: list[dict[str, str]], collective: bool) -> dict[str, list[dict[str, Any]]]:
     """Outputs per prompt id (in sample order); generation resumes where a killed run stopped."""
     out = Path(cfg.output_dir)
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:12]
     prompts = out / f"prompts-{digest}.jsonl"
-    if not prompts.exists():
+    if not prompts.exists() and (is_lead() or not collective):
         write_jsonl(prompts, rows)
+    if collective:
+        sync(f"eval-prompts:{prompts}")
     gen_dir = out / "generations" / digest  # other questions (a new --limit) never reuse these shards
     job = GenerateConfig(
         model=cfg.model, output_dir=str(gen_dir),
@@ -96,7 +99,7 @@ def _generate(cfg: EvalConfig, rows: list[dict[str, str]]) -> dict[str, list[dic
                                  seed=cfg.seed),
         engine=cfg.engine, backend=cfg.backend, shard_size=max(256, cfg.samples * 64),
     )
-    manifest = run_generate(job)
+    manifest = run_generate(job, collective=collective)
     outputs: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     for shard in sorted(gen_dir.glob("shard-*.jsonl")):
         for rec in read_records(shard, fields=("prompt_id", "output", "sample")):
@@ -190,14 +193,19 @@ def markdown_report(cfg: EvalConfig, metrics: dict[str, dict[str, float]]) -> st
     return "\n".join(lines) + "\n"
 
 
-def run_eval(cfg: EvalConfig) -> dict[str, Any]:
-    """Generate, grade and write `report.json`, `report.md` and `samples.jsonl` under `output_dir`."""
+def run_eval(cfg: EvalConfig, *, collective: bool = True) -> dict[str, Any]:
+    """Generate, grade and write `report.json`, `report.md` and `samples.jsonl` under `output_dir`.
+
+    `collective`: every process of a multi-host job runs this call (each generates its share; process 0 grades
+    and writes); False when one process runs it alone."""
     out = Path(cfg.output_dir)
     items = load_items(cfg)
-    outputs = _generate(cfg, _prompt_rows(items))
+    outputs = _generate(cfg, _prompt_rows(items), collective)
     metrics, records = score(items, outputs, cfg)
-    write_jsonl(out / "samples.jsonl", records)
     report = {"model": cfg.model, "config": dataclasses.asdict(cfg), "metrics": metrics, "paper": PAPER}
+    if collective and not is_lead():
+        return report
+    write_jsonl(out / "samples.jsonl", records)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(markdown_report(cfg, metrics))
     return report

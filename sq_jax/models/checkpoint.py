@@ -60,7 +60,7 @@ def load_native(
     abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     shardings = param_shardings(abstract, mesh, rules)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     flat = []
     for path, var in nnx.to_flat_state(state):
         value = var.get_value()

@@ -40,7 +40,7 @@ def make_mesh(
     shape = resolve_mesh_shape((data, fsdp, tensor), len(devices))
     # Auto axes: shardings are propagated by the compiler from the constraints we place (GSPMD style).
     axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    if devices == jax.devices():
+    if devices == jax.devices() or devices == jax.local_devices():
         # make_mesh orders devices by the physical topology (ICI rings on TPU).
-        return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types)
+        return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sq_jax.configlib import config_hash
+from sq_jax.parallel.distributed import failed_processes, is_lead, sync
 from sq_jax.pipeline.config import PipelineConfig, stage_config
 from sq_jax.pipeline.stages import KINDS, StageContext, StageError
 
@@ -100,9 +101,16 @@ def _select(cfg: PipelineConfig, only: str | None, start: str | None, until: str
 
 def run_pipeline(cfg: PipelineConfig, *, only: str | None = None, start: str | None = None,
                  until: str | None = None) -> dict[str, Any]:
-    """Run the selected stages (all by default), skipping those already done; returns the run report."""
+    """Run the selected stages (all by default), skipping those already done; returns the run report.
+
+    Multi-host (every process runs this with the same config and a shared `output_dir`): collective stages run in
+    every process, the others in process 0 while the rest wait; process 0 alone writes manifests, records and
+    reports, and every stage ends at a barrier, so all processes see the same state when the next one starts.
+    """
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    lead = is_lead()
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
     fps = fingerprints(cfg)
     selected = _select(cfg, only, start, until)
     for name in selected:
@@ -117,31 +125,46 @@ def run_pipeline(cfg: PipelineConfig, *, only: str | None = None, start: str | N
         if manifest.get("status") == "done" and manifest.get("fingerprint") == fps[name]:
             log.info("stage %s: done, skipped", name)
             continue
-        if manifest.get("fingerprint") not in (None, fps[name]):
-            log.info("stage %s: config or inputs changed; rerunning from scratch", name)
-            shutil.rmtree(stage_dir)
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        _write_manifest(stage_dir, {"stage": name, "kind": spec.kind, "fingerprint": fps[name],
-                                    "status": "running"})
+        if lead:
+            if manifest.get("fingerprint") not in (None, fps[name]):
+                log.info("stage %s: config or inputs changed; rerunning from scratch", name)
+                shutil.rmtree(stage_dir)
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            _write_manifest(stage_dir, {"stage": name, "kind": spec.kind, "fingerprint": fps[name],
+                                        "status": "running"})
+        sync(f"pipeline-start:{name}")
         kind = KINDS[spec.kind]
         ctx = StageContext(name=name, dir=stage_dir, inputs={r: out / u for r, u in spec.inputs.items()},
-                           seed=cfg.seed, output_dir=out)
+                           seed=cfg.seed, output_dir=out, collective=kind.collective, writer=lead)
         started = time.perf_counter()
-        try:
-            stats = kind.run(ctx, stage_config(kind.config, spec, name, "pipeline"))
-        except StageError:
-            raise
-        except (ValueError, FileNotFoundError) as e:  # bad input data or settings: say which stage met it
-            raise StageError(name, str(e)) from e
+        stats: dict[str, Any] = {}
+        error: BaseException | None = None
+        if kind.collective or lead:
+            try:
+                stats = kind.run(ctx, stage_config(kind.config, spec, name, "pipeline"))
+            except StageError as e:
+                error = e
+            except (ValueError, FileNotFoundError) as e:  # bad input data or settings: say which stage met it
+                error = StageError(name, str(e))
+                error.__cause__ = e
+            except Exception as e:  # noqa: BLE001 - re-raised below, once the other processes know
+                error = e
+        failed = failed_processes(error is None)
+        if error is not None:
+            raise error
+        if failed:
+            raise StageError(name, f"failed in process(es) {failed}; see their logs")
         seconds = time.perf_counter() - started
         counts = {"records": ctx.count_records()} if kind.produces == "records" else {}
         if kind.produces == "records" and counts["records"] == 0:
             raise StageError(name, f"produced no records (stats: {json.dumps(stats, default=str)}); "
                                    "every later stage would have nothing to work on")
-        _write_manifest(stage_dir, {"stage": name, "kind": spec.kind, "fingerprint": fps[name], "status": "done",
-                                    "seconds": seconds, "counts": counts, "stats": stats})
-        write_report(cfg)  # after every stage: a later stage (the export's card) and a watcher can read it
-    return write_report(cfg)
+        if lead:
+            _write_manifest(stage_dir, {"stage": name, "kind": spec.kind, "fingerprint": fps[name],
+                                        "status": "done", "seconds": seconds, "counts": counts, "stats": stats})
+            write_report(cfg)  # after every stage: a later stage (the export's card) and a watcher can read it
+        sync(f"pipeline-done:{name}")
+    return write_report(cfg) if lead else {}
 
 
 def write_report(cfg: PipelineConfig) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from sq_jax.parallel.mesh import make_mesh
 def load_scorer(path: str, *, head: str | None = None, dtype: str = "bfloat16", mesh_tensor: int = 1) -> Transformer:
     """A score-head model on all local devices (fsdp over the rest); `head="score"` puts a fresh scalar head on
     a causal LM (useful only for smoke runs: an untrained head scores noise)."""
-    mesh = make_mesh(1, -1, mesh_tensor)
+    mesh = make_mesh(1, -1, mesh_tensor, devices=jax.local_devices())  # the process that scores owns them
     model = load_model(path, mesh=mesh, dtype=dtype, param_dtype=dtype, **({"head": head} if head else {}))
     if model.config.head != "score":
         raise ValueError(f"{path} is a causal LM, not a scorer; give head: score to add a fresh scalar head")
@@ -31,7 +31,7 @@ def score_sequences(model: Transformer, sequences: Sequence[Sequence[int]], *, b
     """The first label's score of each token sequence (truncated on the left to `max_length`), in input order."""
     if not sequences:
         return np.zeros(0, np.float32)
-    rows = len(jax.devices())
+    rows = jax.local_device_count()
     batch_size = -(-batch_size // rows) * rows  # rows shard over every device
     seqs = [list(s)[-max_length:] if max_length else list(s) for s in sequences]
     if any(len(s) == 0 for s in seqs):

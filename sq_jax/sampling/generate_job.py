@@ -3,6 +3,11 @@
 Shards are written atomically once every request in them is done, and listed in `_manifest.json`; a rerun skips
 finished shards, so a killed job resumes without losing or duplicating a record. Each request's seed derives
 from the job seed and the request's stable id, so outputs do not depend on batching, order or resumption.
+
+With several JAX processes (a multi-host slice), process p generates shards p, p + P, p + 2P, ... on its own
+devices and lists them in its own `_manifest.process<p>.json`; the shard files are the ones a single process
+writes, byte for byte. At the end process 0 merges the manifests into `_manifest.json`. The output folder must be
+shared by the hosts (a local disk in tests; NFS/Filestore or a gcsfuse-mounted bucket on a pod).
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
+import jax
 from tqdm.auto import tqdm
 
 from sq_jax.configlib import config_hash, to_dict
 from sq_jax.data.sources import read_records, write_jsonl
 from sq_jax.models.tokenizer import PromptFormat, encode_prompt
+from sq_jax.parallel.distributed import sync
 from sq_jax.sampling.loop import Completion, Request, run_loop
 from sq_jax.sampling.sampling import SamplingParams
 from sq_jax.sampling.server import EngineSettings, build_engine
@@ -98,26 +105,55 @@ def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def _manifest(out: Path) -> dict:
-    path = out / MANIFEST
+def _manifest(out: Path, name: str = MANIFEST) -> dict:
+    path = out / name
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _write_manifest(out: Path, manifest: dict) -> None:
-    tmp = out / f".{MANIFEST}.tmp"
+def _write_manifest(out: Path, manifest: dict, name: str = MANIFEST) -> None:
+    tmp = out / f".{name}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, out / MANIFEST)
+    os.replace(tmp, out / name)
 
 
-def run_generate(cfg: GenerateConfig) -> dict:
-    """Run (or resume) a generation job; returns the manifest."""
+def _process_manifests(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("_manifest.process*.json"))]
+
+
+def _merge_stats(parts: list[dict]) -> dict:
+    """Counters summed over processes; `last_run` summed too, except seconds (the slowest host)."""
+    merged: dict = {}
+    for stats in parts:
+        for key, value in stats.items():
+            if key == "last_run":
+                run = merged.setdefault("last_run", {"requests": 0, "output_tokens": 0, "seconds": 0.0})
+                run["requests"] += value["requests"]
+                run["output_tokens"] += value["output_tokens"]
+                run["seconds"] = max(run["seconds"], value["seconds"])
+            elif isinstance(value, (int, float)):
+                merged[key] = merged.get(key, 0) + value
+    if "last_run" in merged:
+        run = merged["last_run"]
+        run["tokens_per_s"] = run["output_tokens"] / max(run["seconds"], 1e-9)
+    return merged
+
+
+def run_generate(cfg: GenerateConfig, *, collective: bool = True) -> dict:
+    """Run (or resume) a generation job; returns the manifest (merged over processes).
+
+    `collective`: every process runs this call and takes its share of the shards; False when one process runs it
+    alone (the others are busy elsewhere or waiting), which then generates every shard on its own devices."""
+    processes, index = (jax.process_count(), jax.process_index()) if collective else (1, 0)
+    own = MANIFEST if processes == 1 else f"_manifest.process{index}.json"
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     digest = config_hash(to_dict(cfg) | {"output_dir": None, "window": None, "backend": None})
-    manifest = _manifest(out)
-    if manifest and manifest.get("config_hash") != digest:
-        raise ValueError(f"{out / MANIFEST}: written by a different config (hash {manifest.get('config_hash')}, "
-                         f"now {digest}); use a new output_dir")
+    previous = [_manifest(out)] + _process_manifests(out)
+    for path, old in zip([MANIFEST] + [p.name for p in sorted(out.glob("_manifest.process*.json"))], previous):
+        if old and old.get("config_hash") != digest:
+            raise ValueError(f"{out / path}: written by a different config (hash {old.get('config_hash')}, "
+                             f"now {digest}); use a new output_dir")
+    manifest = _manifest(out, own)
     s = cfg.sampling
     default = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens)
     engine = build_engine(cfg.model, cfg.engine, default, jetstream_api=cfg.backend == "jetstream")
@@ -126,11 +162,13 @@ def run_generate(cfg: GenerateConfig) -> dict:
     prompts = build_prompts(cfg, fmt)
     items = [(pid, j, text, carry) for pid, text, carry in prompts for j in range(cfg.samples_per_prompt)]
     shards = [items[i : i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
-    finished = set(manifest.get("finished_shards", []))
+    # Whoever finished a shard before (another process count, an earlier run), it is not generated again.
+    finished = {k for m in previous if m for k in m.get("finished_shards", [])}
+    mine = set(range(index, len(shards), processes))
     manifest = {"config_hash": digest, "num_requests": len(items), "num_shards": len(shards),
-                "finished_shards": sorted(finished), "stats": manifest.get("stats", {})}
-    _write_manifest(out, manifest)
-    todo = [k for k in range(len(shards)) if k not in finished]
+                "finished_shards": sorted(finished & mine), "stats": manifest.get("stats", {})}
+    _write_manifest(out, manifest, own)
+    todo = [k for k in sorted(mine) if k not in finished]
     encoded: dict[str, list[int]] = {}
 
     def requests() -> Iterator[Request]:
@@ -170,8 +208,8 @@ def run_generate(cfg: GenerateConfig) -> dict:
         finished.add(k)
         for key, value in counts.items():
             manifest["stats"][key] = manifest["stats"].get(key, 0) + value
-        manifest["finished_shards"] = sorted(finished)
-        _write_manifest(out, manifest)
+        manifest["finished_shards"] = sorted(finished & mine)
+        _write_manifest(out, manifest, own)
         del pending[k]
 
     if todo:
@@ -186,5 +224,14 @@ def run_generate(cfg: GenerateConfig) -> dict:
     manifest["stats"]["last_run"] = {"requests": sum(len(shards[k]) for k in todo), "output_tokens": tokens,
                                      "seconds": elapsed, "tokens_per_s": tokens / max(elapsed, 1e-9),
                                      "engine": dict(engine.stats)}
-    _write_manifest(out, manifest)
-    return manifest
+    _write_manifest(out, manifest, own)
+    if processes == 1:
+        return manifest
+    sync(f"generate-done:{out}")
+    if index == 0:
+        parts = _process_manifests(out)
+        merged = {**manifest, "finished_shards": sorted({k for m in parts for k in m["finished_shards"]}),
+                  "stats": _merge_stats([m["stats"] for m in parts]), "processes": processes}
+        _write_manifest(out, merged)
+    sync(f"generate-merged:{out}")
+    return _manifest(out)

@@ -8,6 +8,8 @@ import signal
 import threading
 from typing import Any
 
+import jax
+
 from sq_jax.models.checkpoint import load_model
 from sq_jax.models.tokenizer import detect_prompt_format, get_prompt_format, load_tokenizer, stop_token_ids
 from sq_jax.parallel.mesh import make_mesh
@@ -36,7 +38,8 @@ class EngineSettings:
 def build_engine(model_path: str, settings: EngineSettings, default_sampling: SamplingParams,
                  jetstream_api: bool = True) -> Any:
     """Load a model (HF or native) onto its mesh and wrap it in an engine (JetStream-capable by default)."""
-    mesh = make_mesh(settings.mesh_data, settings.mesh_fsdp, settings.mesh_tensor)
+    # This host's devices only: on a multi-host slice each host serves its own share of the requests.
+    mesh = make_mesh(settings.mesh_data, settings.mesh_fsdp, settings.mesh_tensor, devices=jax.local_devices())
     model = load_model(model_path, mesh=mesh, dtype=settings.dtype, param_dtype=settings.dtype)
     tokenizer = load_tokenizer(str(getattr(model, "model_dir", model_path)))
     fmt = get_prompt_format(settings.prompt_format) if settings.prompt_format else detect_prompt_format(tokenizer)

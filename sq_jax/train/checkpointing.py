@@ -7,11 +7,19 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+
+def checkpoint_path(directory: str | Path) -> epath.Path:
+    """A local folder (made absolute) or a URL such as gs://bucket/run/checkpoints, which orbax writes directly
+    (every host of a pod slice writes its own shards there; pathlib would mangle the `//`)."""
+    text = str(directory)
+    return epath.Path(text) if "://" in text else epath.Path(Path(text).absolute())
 
 
 class Checkpointer:
     def __init__(self, directory: str | Path, *, every_steps: int, keep: int, async_save: bool = True):
-        self.directory = Path(directory).absolute()
+        self.directory = checkpoint_path(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             save_interval_steps=every_steps,

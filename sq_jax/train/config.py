@@ -34,6 +34,13 @@ class DataSection:
     open_bins: int = 16
     eval_sources: list[SourceSection] = dataclasses.field(default_factory=list)  # else `eval_count` held out
     eval_count: int = 0
+    # Data shares, packed independently and dealt to processes (default: one per process). A fixed number makes
+    # every batch independent of how many hosts run it (e.g. resume a 4-host run on 2, or check one against it).
+    shares: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.shares is not None and self.shares < 1:
+            raise ValueError(f"data.shares must be >= 1, got {self.shares}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +134,12 @@ class TrainConfig:
         if self.data.row_length is not None and self.data.row_length < self.data.max_length:
             raise ValueError(f"data.row_length={self.data.row_length} is shorter than data.max_length="
                              f"{self.data.max_length}")
+        if "://" in self.output_dir:
+            raise ValueError(f"output_dir={self.output_dir!r}: metrics and the HF export need a local or mounted "
+                             "folder (e.g. a gcsfuse mount); checkpoint.dir may be a gs:// URL")
+        if self.data.shares is not None and self.global_batch_size % self.data.shares:
+            raise ValueError(f"global_batch_size={self.global_batch_size} does not split over data.shares="
+                             f"{self.data.shares}")
 
     @property
     def grad_accum_steps(self) -> int:

@@ -16,7 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from sq_jax.configlib import config_hash, to_dict
-from sq_jax.data.pipeline import PackedBatches, eval_batches, host_shard
+from sq_jax.data.pipeline import PackedBatches, concat_examples, eval_batches, host_shard, process_shares
 from sq_jax.data.sources import Record, read_records
 from sq_jax.models.checkpoint import copy_side_files, load_model
 from sq_jax.models.hf_io import save_pretrained
@@ -146,22 +146,30 @@ class Trainer:
             eval_records = self._read(d.eval_sources)
         else:
             records, eval_records = split_eval(records, d.eval_count, d.seed)
-        train = self._tokenize(host_shard(records))
+        parts = [self._tokenize(share) for share in process_shares(records, d.shares)]
+        train = concat_examples(parts)
+        starts = np.cumsum([0] + [len(p) for p in parts])
+        groups = [range(a, b) for a, b in zip(starts[:-1], starts[1:])]
         rows_per_host = cfg.global_batch_size // jax.process_count()
-        probe = PackedBatches(train, seq_len=self.seq_len, rows_per_batch=rows_per_host, epochs=cfg.epochs,
-                              seed=d.seed, open_bins=d.open_bins, pad_id=self._pad_id())
+        pack = dict(seq_len=self.seq_len, rows_per_batch=rows_per_host, epochs=cfg.epochs, seed=d.seed,
+                    open_bins=d.open_bins, pad_id=self._pad_id(), groups=groups)
+        probe = PackedBatches(train, **pack)
         # Hosts pack different shares; all must run the same number of steps.
         batches = _global_min(probe.num_batches)
-        self.train_batches = probe if batches == probe.num_batches else PackedBatches(
-            train, seq_len=self.seq_len, rows_per_batch=rows_per_host, epochs=cfg.epochs, seed=d.seed,
-            open_bins=d.open_bins, pad_id=self._pad_id(), max_batches=batches,
-        )
+        self.train_batches = probe if batches == probe.num_batches else PackedBatches(train, **pack,
+                                                                                      max_batches=batches)
         self.eval_examples = self._tokenize(host_shard(eval_records)) if eval_records else None
         self.data_stats = {**train.stats, **self.train_batches.stats, "batches": self.train_batches.num_batches}
         if self.eval_examples is not None:
             self.data_stats.update({f"eval_{k}": v for k, v in self.eval_examples.stats.items()})
             self.data_stats["eval_examples"] = len(self.eval_examples)
         log.info("data: %s", self.data_stats)
+
+    def _example_ids_path(self) -> Path:
+        """Where this process logs the examples of each step: hosts train on disjoint shares, so one file each."""
+        if jax.process_count() == 1:
+            return self.output_dir / "example_ids.jsonl"
+        return self.output_dir / f"example_ids.process{jax.process_index()}.jsonl"
 
     def _pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
@@ -262,8 +270,7 @@ class Trainer:
         cfg = self.cfg
         self.maybe_restore()
         iterator = self.train_batches.iterator(self.data_state)
-        ids_log = (self.output_dir / "example_ids.jsonl").open("a") if cfg.log_example_ids and \
-            jax.process_index() == 0 else None
+        ids_log = self._example_ids_path().open("a") if cfg.log_example_ids else None
         bar = tqdm(total=self.total_steps, initial=self.step, desc=cfg.task, disable=jax.process_index() != 0)
         last_loss = None
         window_start = time.perf_counter()
@@ -277,7 +284,9 @@ class Trainer:
             pending.append((self.step, metrics))
             if ids_log is not None:
                 ids = host_batch["example_index"]
-                ids_log.write(json.dumps({"step": self.step, "ids": ids[ids >= 0].tolist()}) + "\n")
+                ids = ids[ids >= 0].tolist()
+                names = [self.train_batches.examples.ids[i] for i in ids]
+                ids_log.write(json.dumps({"step": self.step, "ids": ids, "record_ids": names}) + "\n")
                 ids_log.flush()
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                 last_loss = self._log(pending, window_start, bar)

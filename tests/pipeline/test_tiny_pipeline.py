@@ -1,33 +1,77 @@
-"""The README's main job: `sq-jax pipeline run configs/pipeline/tiny.yaml` runs every stage on CPU and leaves
-every artifact a user looks at."""
+"""The README's main job, `configs/pipeline/tiny.yaml`, run once for real through the Colab notebook
+(`tpu/colab_quickstart.ipynb`, executed top to bottom by nbclient on CPU); then every artifact a user looks at, and
+`sq-jax pipeline status` agreeing that nothing is left to do."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import datasets
+import nbformat
 import pytest
+from nbclient import NotebookClient
 
 from sq_jax.cli import main
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs/pipeline/tiny.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs/pipeline/tiny.yaml"
+NOTEBOOK = ROOT / "tpu/colab_quickstart.ipynb"
 
 
-@pytest.mark.slow
-def test_tiny_pipeline_runs_every_stage_and_leaves_its_artifacts(tmp_path, shared_data, capsys):
-    out = tmp_path / "run"
-    overrides = [f"output_dir={out}", f"stages.decontaminate.config.data_dir={shared_data}",
-                 f"stages.eval.config.data_dir={shared_data}"]
-    assert main(["pipeline", "run", str(CONFIG), *overrides]) == 0
+@pytest.fixture(scope="module")
+def notebook_run(tmp_path_factory, shared_data):
+    run_dir = tmp_path_factory.mktemp("colab") / "run"
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    # One CPU device in the kernel, as on a laptop or a Colab CPU runtime (the suite's 8 emulated devices would
+    # make every step of this 2-core run pay for 8-way sharding).
+    env = {"SQ_JAX_NOTEBOOK_RUN_DIR": str(run_dir), "SQ_JAX_SHARED_DATA": str(shared_data),
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        NotebookClient(nb, timeout=1500, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return run_dir, nb
+
+
+def _stdout(nb) -> str:
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                   if o.get("output_type") == "stream")
+
+
+def test_notebook_runs_top_to_bottom_and_shows_the_questions(notebook_run):
+    run_dir, nb = notebook_run
+    assert all(not o.get("output_type") == "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    text = _stdout(nb)
+    assert "backend cpu: 1 x cpu" in text and "falling back to CPU" in text
+    assert "questions survived every filter; the first five:" in text
+    assert "highest-reward pair:" in text
+    assert "stages: tiny -> seeds -> qft" in text
+    real = "".join(o.get("text", "") for o in nb.cells[-1].outputs)  # the real generator's config loads
+    assert "synthesize" in real and "optimise" in real and "eval" in real
+    clean = nbformat.read(NOTEBOOK, as_version=4)  # the repo's copy carries no outputs
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in clean.cells if c.cell_type == "code")
+
+
+def test_tiny_pipeline_runs_every_stage_and_leaves_its_artifacts(notebook_run, shared_data, capsys):
+    out, _ = notebook_run
     report = json.loads((out / "report.json").read_text())
     stages = {s["stage"]: s for s in report["stages"]}
     assert all(s["status"] == "done" for s in stages.values()), [s["stage"] for s in stages.values()]
 
-    for model_stage in ("qft", "qpo", "student"):  # checkpoints: exported HF models and orbax checkpoints
+    for model_stage in ("qft", "optimiser", "qpo", "student"):  # checkpoints: HF exports and orbax checkpoints
         assert (out / model_stage / "hf" / "config.json").is_file()
         assert any((out / model_stage / "checkpoints").iterdir())
+    optimised = stages["qpo_pairs"]["stats"]
+    assert optimised["errors"] == 0 and optimised["pairs"] >= 0.5 * optimised["requests"], optimised
+    pair = json.loads((out / "qpo_pairs" / "records.jsonl").read_text().splitlines()[0])
+    assert pair["direction"] == "solvability" and pair["chosen"] != pair["rejected"]
     assert stages["qpo"]["stats"]["eval"]["reward_accuracy"] > 0.5
+    assert stages["qpo"]["stats"]["data"]["records"] > optimised["pairs"]  # the rewrites plus the toy pairs
 
     # Question sets after each filter shrink monotonically and every drop is counted with its reason.
     chain = ["questions", "language", "solvable", "difficulty", "dedup", "decontaminate"]
@@ -36,7 +80,9 @@ def test_tiny_pipeline_runs_every_stage_and_leaves_its_artifacts(tmp_path, share
     for before, after in zip(chain, chain[1:]):
         assert stages[after]["stats"]["kept"] == stages[after]["counts"]["records"]
         assert stages[after]["stats"]["input"] == stages[before]["counts"]["records"]
-    assert stages["questions"]["stats"]["last_run_tokens_per_s"] > 0
+    for generation in ("qpo_questions", "questions", "solvable", "labels", "responses"):
+        assert stages[generation]["stats"]["last_run_tokens_per_s"] > 0
+        assert stages[generation]["stats"]["last_run_requests_per_s"] > 0
 
     exported = datasets.load_from_disk(str(out / "export" / "dataset"))
     assert len(exported) == stages["rewards"]["counts"]["records"] > 0
@@ -48,7 +94,10 @@ def test_tiny_pipeline_runs_every_stage_and_leaves_its_artifacts(tmp_path, share
     assert eval_report["metrics"]["overall"]["questions"] == 80
     assert "| decontaminate | decontaminate | done |" in (out / "report.md").read_text()
 
+    # The CLI, given the notebook's settings, finds the same fingerprints: nothing left to do.
+    overrides = [f"output_dir={out.absolute()}", f"stages.decontaminate.config.data_dir={shared_data}",
+                 f"stages.eval.config.data_dir={shared_data}"]
     capsys.readouterr()
     assert main(["pipeline", "status", str(CONFIG), *overrides]) == 0
     states = [line.split()[2] for line in capsys.readouterr().out.strip().splitlines()]
-    assert states == ["done"] * len(stages)  # nothing left to do
+    assert states == ["done"] * len(stages)

@@ -89,3 +89,33 @@ def test_packed_logits_and_token_losses_equal_example_alone():
         np.testing.assert_allclose(packed_losses[0, offset : offset + n], alone_losses[0, :n], atol=1e-5)
         assert float(packed_losses[0, offset + n - 1]) == 0.0  # the last token predicts nothing
         offset += n
+
+
+def _examples(lengths: list[int], first_id: int = 0):
+    from sq_jax.data.pipeline import TokenizedExamples
+
+    tokens = [np.full(n, first_id + i + 1, np.int32) for i, n in enumerate(lengths)]
+    return TokenizedExamples(tokens, [np.ones(n, np.int32) for n in lengths],
+                             [f"ex{first_id + i}" for i in range(len(lengths))], {"records": len(lengths)})
+
+
+def test_data_shares_give_the_same_batches_in_one_process_as_in_two():
+    from sq_jax.data.pipeline import PackedBatches, concat_examples
+
+    rng = np.random.default_rng(0)
+    shares = [_examples(rng.integers(3, 20, 40).tolist()), _examples(rng.integers(3, 20, 37).tolist(), 100)]
+    pack = dict(seq_len=32, epochs=2, seed=5, pad_id=0)
+    # Two processes: each packs its own share into half of every batch.
+    per_process = [list(PackedBatches(s, rows_per_batch=2, **pack).iterator()) for s in shares]
+    # One process holding both shares: the same rows, share 0's then share 1's, in every batch.
+    joined = concat_examples(shares)
+    groups = [range(0, 40), range(40, 77)]
+    one = PackedBatches(joined, rows_per_batch=4, groups=groups, **pack)
+    assert one.num_batches == min(len(b) for b in per_process)
+    for b, batch in enumerate(one.iterator()):
+        for key in ("tokens", "segment_ids", "positions"):
+            expected = np.concatenate([per_process[0][b][key], per_process[1][b][key]])
+            np.testing.assert_array_equal(batch[key], expected)
+    assert joined.ids[40] == "ex100" and joined.stats == {"records": 77}
+    with pytest.raises(ValueError, match="do not split evenly over 2 data shares"):
+        PackedBatches(joined, rows_per_batch=3, groups=groups, **pack)

@@ -27,6 +27,10 @@ class StageContext:
     inputs: dict[str, Path]  # role -> upstream stage folder
     seed: int
     output_dir: Path
+    # Multi-host: a collective stage runs in every process (training; generation, each host its share); the others
+    # run in process 0 while the rest wait. Only process 0 writes records, manifests and reports.
+    collective: bool = False
+    writer: bool = True
 
     def error(self, message: str) -> StageError:
         return StageError(self.name, message)
@@ -49,6 +53,8 @@ class StageContext:
         return str(path)
 
     def write_records(self, rows: Iterable[dict[str, Any]]) -> int:
+        if not self.writer:  # the same rows as process 0's, which writes them
+            return sum(1 for _ in rows)
         return write_jsonl(self.dir / RECORDS, rows)
 
     def count_records(self) -> int:
@@ -66,6 +72,7 @@ class Kind:
     required_inputs: tuple[str, ...] = ()
     optional_inputs: tuple[str, ...] = ()
     produces: str = "records"  # records | model | report
+    collective: bool = False  # runs in every process of a multi-host job (see StageContext)
 
 
 # Imported last: the stage modules use the classes above.

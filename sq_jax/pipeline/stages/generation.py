@@ -12,6 +12,7 @@ from sq_jax.data.sources import read_records, write_jsonl
 from sq_jax.eval.extract import extract_all_boxed, extract_answer
 from sq_jax.models.tokenizer import parse_judge_verdict
 from sq_jax.pipeline.stages import Kind, StageContext
+from sq_jax.parallel.distributed import sync
 from sq_jax.sampling.generate_job import GenerateConfig, PromptSection, SamplingSection, run_generate
 from sq_jax.sampling.server import EngineSettings
 
@@ -39,13 +40,16 @@ def generate(ctx: StageContext, cfg: GenerationConfig, mode: str, rows: list[dic
     prompts = PromptSection(mode=mode, count=count)
     if rows is not None:
         path = ctx.dir / "prompts.jsonl"
-        write_jsonl(path, ({"id": r["id"], "question": r["question"]} for r in rows))
+        if ctx.writer:
+            write_jsonl(path, ({"id": r["id"], "question": r["question"]} for r in rows))
+        if ctx.collective:
+            sync(f"prompts:{path}")
         prompts = PromptSection(mode=mode, path=str(path), field="question", id_field="id")
     sampling = dataclasses.replace(cfg.sampling, seed=cfg.sampling.seed + ctx.seed)
     job = GenerateConfig(model=ctx.model("model", cfg.model), output_dir=str(ctx.dir / "generate"), prompts=prompts,
                          samples_per_prompt=cfg.samples, sampling=sampling, engine=cfg.engine, backend=cfg.backend,
                          shard_size=cfg.shard_size, window=cfg.window)
-    manifest = run_generate(job)
+    manifest = run_generate(job, collective=ctx.collective)
     outputs: list[dict[str, Any]] = []
     for k in range(manifest["num_shards"]):
         outputs += [r.data for r in read_records(Path(job.output_dir) / f"shard-{k:05d}.jsonl")]
@@ -85,7 +89,7 @@ def judge(ctx: StageContext, cfg: JudgeConfig) -> dict[str, Any]:
     rows = _inputs(ctx, cfg)
     outputs, stats = generate(ctx, cfg, "judge", rows)
     by_id = {o["prompt_id"]: o for o in outputs}
-    kept, counts = [], {"kept": 0, "dropped_unsolvable": 0, "dropped_no_verdict": 0}
+    kept, counts = [], {"input": len(rows), "kept": 0, "dropped_unsolvable": 0, "dropped_no_verdict": 0}
     for r in rows:
         verdict = parse_judge_verdict(by_id[r["id"]]["output"])
         if verdict is None:
@@ -160,8 +164,8 @@ def difficulty_labels(ctx: StageContext, cfg: LabelConfig) -> dict[str, Any]:
 
 
 KINDS = {
-    "synthesize": Kind(SynthesisConfig, synthesize, optional_inputs=("model",)),
-    "judge": Kind(JudgeConfig, judge, required_inputs=("questions",), optional_inputs=("model",)),
-    "respond": Kind(ResponseConfig, respond, required_inputs=("questions",), optional_inputs=("model",)),
-    "difficulty_labels": Kind(LabelConfig, difficulty_labels, required_inputs=("seeds",), optional_inputs=("model",)),
+    "synthesize": Kind(SynthesisConfig, synthesize, optional_inputs=("model",), collective=True),
+    "judge": Kind(JudgeConfig, judge, required_inputs=("questions",), optional_inputs=("model",), collective=True),
+    "respond": Kind(ResponseConfig, respond, required_inputs=("questions",), optional_inputs=("model",), collective=True),
+    "difficulty_labels": Kind(LabelConfig, difficulty_labels, required_inputs=("seeds",), optional_inputs=("model",), collective=True),
 }

@@ -126,7 +126,8 @@ def evaluate(ctx: StageContext, cfg: EvalStageConfig) -> dict[str, Any]:
 
     report = run_eval(EvalConfig(model=ctx.model("model", cfg.model), output_dir=str(ctx.dir),
                                  benchmarks=list(cfg.benchmarks), data_dir=cfg.data_dir, limit=cfg.limit,
-                                 max_tokens=cfg.max_tokens, engine=cfg.engine, backend=cfg.backend))
+                                 max_tokens=cfg.max_tokens, engine=cfg.engine, backend=cfg.backend),
+                      collective=ctx.collective)
     return {name: round(m["accuracy"], 2) for name, m in report["metrics"].items()}
 
 

@@ -69,6 +69,6 @@ def tiny_model(ctx: StageContext, cfg: TinyModelConfig) -> dict[str, Any]:
 
 
 KINDS = {
-    "train": Kind(TrainStageConfig, train, optional_inputs=("model", "data"), produces="model"),
+    "train": Kind(TrainStageConfig, train, optional_inputs=("model", "data"), produces="model", collective=True),
     "tiny_model": Kind(TinyModelConfig, tiny_model, produces="model"),
 }
