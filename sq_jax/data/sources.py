@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sq_jax.data.remote import fetched, is_url
+
 __all__ = ["DataError", "Record", "read_records", "write_jsonl"]
 
 JSONL_SUFFIXES = (".jsonl", ".json")
@@ -166,6 +168,18 @@ def _iter_procedural(spec: str) -> Generator[Record, None, None]:
         yield Record(problem.to_record(), spec, line)
 
 
+def _iter_url(url: str, split: str, limit: int | None) -> Generator[Record, None, None]:
+    """A file or folder behind a URL (gs://...): fetched, read like a local one, sources named by the URL."""
+    with fetched(url) as local:
+        inner = _iter_dir(local, split, limit) if local.is_dir() else _iter_file(local, limit)
+        try:
+            with closing(inner):
+                for rec in inner:
+                    yield Record(rec.data, url.rstrip("/") + rec.source[len(str(local)):], rec.line)
+        except DataError as e:  # name the URL, not the temporary copy
+            raise DataError(str(e).replace(str(local), url.rstrip("/"))) from None
+
+
 def _iter_spec(spec: str | Path, split: str, limit: int | None) -> Generator[Record, None, None]:
     if isinstance(spec, str) and spec.startswith(("procedural:", "procedural-pairs:", "procedural-rewrites:")):
         return _iter_procedural(spec)
@@ -174,6 +188,8 @@ def _iter_spec(spec: str | Path, split: str, limit: int | None) -> Generator[Rec
         if not name:
             raise DataError(f"{spec!r}: expected hf:ORG/NAME[:CONFIG]")
         return _iter_hub(name, config or None, split)
+    if isinstance(spec, str) and is_url(spec):
+        return _iter_url(spec, split, limit)
     path = Path(os.path.expanduser(spec))
     if path.is_dir():
         return _iter_dir(path, split, limit)

@@ -4,7 +4,6 @@ aggregation (accuracy, pass@k, maj@k) on hand-made outputs."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

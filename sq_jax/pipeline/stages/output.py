@@ -72,6 +72,7 @@ class ExportConfig:
     name: str = "sq-jax-synthetic-math"
     push_to_hub: str | None = None  # a repo id; pushed when HF_TOKEN is set
     shard_rows: int = 100_000
+    copy_to: str | None = None  # a folder or URL (gs://bucket/path, any fsspec filesystem) receiving a copy
 
 
 def export(ctx: StageContext, cfg: ExportConfig) -> dict[str, Any]:
@@ -104,8 +105,15 @@ def export(ctx: StageContext, cfg: ExportConfig) -> dict[str, Any]:
     if cfg.push_to_hub and os.environ.get("HF_TOKEN"):
         dataset.push_to_hub(cfg.push_to_hub, token=os.environ["HF_TOKEN"])
         pushed = cfg.push_to_hub
+    copied = None
+    if cfg.copy_to:  # the dataset folder, the JSONL/Parquet shards and the card, as laid out here
+        from sq_jax.data.remote import upload
+
+        for name in ("dataset", "data", "README.md"):
+            upload(ctx.dir / name, f"{cfg.copy_to.rstrip('/')}/{name}")
+        copied = cfg.copy_to
     ctx.write_records(rows)
-    return {"rows": len(table), "shards": shards, "pushed_to": pushed}
+    return {"rows": len(table), "shards": shards, "pushed_to": pushed, "copied_to": copied}
 
 
 @dataclasses.dataclass(frozen=True)
