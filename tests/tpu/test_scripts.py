@@ -365,3 +365,16 @@ def test_readme_commands_pass_validation(sh):
         rc, out, err = sh(Path(cmd[0]).stem, "--dry-run", *args) if "--help" not in args else sh(Path(cmd[0]).stem,
                                                                                                      *args)
         assert rc == 0, f"{shlex.join(cmd)}: {err}"
+
+
+def test_readme_training_commands_load_as_training_configs():
+    # The sq-jax side of the README's training runs: config plus overrides must load (e.g. no gs:// output_dir).
+    from sq_jax.configlib import load_config
+    from sq_jax.train.config import TrainConfig
+
+    training = [c[c.index("--") + 1:] for c in readme_commands() if "--" in c and c[c.index("--") + 1] in
+                ("qft", "sft", "qpo")]
+    assert training
+    for task, config, *overrides in training:
+        cfg = load_config(TrainConfig, ROOT / config, overrides)
+        assert cfg.task == task and "://" not in cfg.output_dir

@@ -109,6 +109,27 @@ def test_two_processes_train_like_one_on_disjoint_halves_and_resume_from_a_share
     assert steps.count(1) == 1 and steps.count(5) >= 1  # resumed from a checkpoint, not restarted from step 0
 
 
+def test_two_process_qpo_precomputes_each_half_of_the_reference_and_trains_like_one(micro_model, tmp_path):
+    qpo = {"task": "qpo", "data.sources": [{"path": "procedural-pairs:300:3"}], "data.max_length": 64,
+           "data.eval_count": 24, "preference.max_pairs_per_row": 3, "optim.lr": 1e-3, "max_steps": 6,
+           "log_example_ids": False}
+    single = Trainer(from_dict(TrainConfig, _train_cfg(micro_model, tmp_path / "one", **qpo))).train()
+    config = tmp_path / "qpo.yaml"
+    config.write_text(yaml.safe_dump(_train_cfg(micro_model, tmp_path / "two", **qpo)))
+    _run(["qpo", str(config)])
+
+    expected, got = train_losses(single.output_dir), train_losses(tmp_path / "two")
+    assert sorted(got) == sorted(expected) == list(range(1, 7))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], abs=2e-5), step
+    # Each process scored only its own pairs with the reference, and kept them in its own cache file.
+    caches = sorted(p.name for p in (tmp_path / "two" / "reference_logps").glob("train-*.npz"))
+    assert caches == ["train-0.npz", "train-1.npz"]
+    last = lambda out: [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()][-1]  # noqa: E731
+    assert last(tmp_path / "two")["kind"] == "eval"
+    assert last(tmp_path / "two")["reward_accuracy"] == pytest.approx(last(single.output_dir)["reward_accuracy"])
+
+
 def test_two_processes_generate_exactly_the_single_process_shards(micro_model, tmp_path):
     def job(out: Path) -> dict:
         return {"model": str(micro_model), "output_dir": str(out), "prompts": {"mode": "pre_query", "count": 40},
