@@ -114,6 +114,19 @@ def test_only_needs_its_inputs_done(tmp_path, shared_data):
     assert [r["state"] for r in stage_status(load_pipeline(config))] == ["done", "done", "pending", "pending"]
 
 
+def test_overrides_may_follow_the_flags(tmp_path, shared_data, capsys):
+    from sq_jax.cli import main
+
+    config = write_pipeline(tmp_path, seed_file(tmp_path, shared_data), shared_data)
+    out = tmp_path / "elsewhere"
+    assert main(["pipeline", "run", str(config), "--until", "language", f"output_dir={out}", "seed=5"]) == 0
+    assert (out / "language" / "records.jsonl").is_file() and not (out / "dedup").exists()
+    assert json.loads((out / "report.json").read_text())["seed"] == 5
+    with pytest.raises(SystemExit):
+        main(["pipeline", "run", str(config), "--until", "language", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 def test_reward_model_without_chat_template_is_a_clear_error(tmp_path):
     from sq_jax.models.tiny import build_tiny
 
