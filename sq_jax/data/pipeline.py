@@ -107,7 +107,7 @@ def eval_batches(examples: Any, seq_len: int, rows_per_batch: int, pad_id: int,
 
 def host_shard(records: Sequence[Record]) -> list[Record]:
     """This process's disjoint share of the records (round robin, so shares differ by at most one)."""
-    return list(records[jax.process_index() :: jax.process_count()])
+    return process_shares(records)[0]
 
 
 def process_shares(records: Sequence[Record], shares: int | None = None) -> list[list[Record]]:

@@ -116,8 +116,9 @@ def _write_manifest(out: Path, manifest: dict, name: str = MANIFEST) -> None:
     os.replace(tmp, out / name)
 
 
-def _process_manifests(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(out.glob("_manifest.process*.json"))]
+def _process_manifests(out: Path) -> dict[str, dict]:
+    """File name -> manifest of every process that ran a multi-process job here."""
+    return {p.name: json.loads(p.read_text()) for p in sorted(out.glob("_manifest.process*.json"))}
 
 
 def _merge_stats(parts: list[dict]) -> dict:
@@ -148,8 +149,8 @@ def run_generate(cfg: GenerateConfig, *, collective: bool = True) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     digest = config_hash(to_dict(cfg) | {"output_dir": None, "window": None, "backend": None})
-    previous = [_manifest(out)] + _process_manifests(out)
-    for path, old in zip([MANIFEST] + [p.name for p in sorted(out.glob("_manifest.process*.json"))], previous):
+    previous = {MANIFEST: _manifest(out), **_process_manifests(out)}
+    for path, old in previous.items():
         if old and old.get("config_hash") != digest:
             raise ValueError(f"{out / path}: written by a different config (hash {old.get('config_hash')}, "
                              f"now {digest}); use a new output_dir")
@@ -163,7 +164,7 @@ def run_generate(cfg: GenerateConfig, *, collective: bool = True) -> dict:
     items = [(pid, j, text, carry) for pid, text, carry in prompts for j in range(cfg.samples_per_prompt)]
     shards = [items[i : i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
     # Whoever finished a shard before (another process count, an earlier run), it is not generated again.
-    finished = {k for m in previous if m for k in m.get("finished_shards", [])}
+    finished = {k for m in previous.values() for k in m.get("finished_shards", [])}
     mine = set(range(index, len(shards), processes))
     manifest = {"config_hash": digest, "num_requests": len(items), "num_shards": len(shards),
                 "finished_shards": sorted(finished & mine), "stats": manifest.get("stats", {})}
@@ -229,7 +230,7 @@ def run_generate(cfg: GenerateConfig, *, collective: bool = True) -> dict:
         return manifest
     sync(f"generate-done:{out}")
     if index == 0:
-        parts = _process_manifests(out)
+        parts = list(_process_manifests(out).values())
         merged = {**manifest, "finished_shards": sorted({k for m in parts for k in m["finished_shards"]}),
                   "stats": _merge_stats([m["stats"] for m in parts]), "processes": processes}
         _write_manifest(out, merged)

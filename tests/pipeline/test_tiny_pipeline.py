@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import datasets
@@ -28,13 +27,10 @@ def notebook_run(tmp_path_factory, shared_data):
     # make every step of this 2-core run pay for 8-way sharding).
     env = {"SQ_JAX_NOTEBOOK_RUN_DIR": str(run_dir), "SQ_JAX_SHARED_DATA": str(shared_data),
            "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # the kernel inherits this process's environment
+        for key, value in env.items():
+            patch.setenv(key, value)
         NotebookClient(nb, timeout=1500, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     return run_dir, nb
 
 
