@@ -8,6 +8,7 @@ Packed rows (several examples per row) and KV caches (slots holding one request 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 
 def make_attention_mask(
@@ -34,3 +35,20 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array) 
     no visible key (padding queries) come out finite and are ignored downstream.
     """
     return jax.nn.dot_product_attention(query, key, value, mask=mask)
+
+
+def attend_cached(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention over a KV cache: query [b, t, heads, d], key [b, kv_heads, s, d], value
+    [b, kv_heads, d, s] -> [b, t, heads, d]. The same math as `attend` (float32 logits and softmax, probabilities
+    cast back)."""
+    b, t, heads, d = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    # [b, kv_heads, t * groups, d]: each kv head's queries as the rows of one matrix product.
+    q = query.reshape(b, t, kv_heads, groups, d).transpose(0, 2, 1, 3, 4).reshape(b, kv_heads, t * groups, d)
+    logits = jnp.einsum("bkqd,bksd->bkqs", q, key, preferred_element_type=jnp.float32) * d**-0.5
+    visible = jnp.repeat(mask, groups, axis=2)  # [b, 1, t, s] -> [b, 1, t * groups, s], rows as in q
+    logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min / 2)
+    probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+    out = jnp.einsum("bkqs,bkds->bkqd", probs, value)
+    return out.reshape(b, kv_heads, t, groups, d).transpose(0, 2, 1, 3, 4).reshape(b, t, heads, d)

@@ -52,26 +52,26 @@ class TensorRule:
     to_hf: Callable[..., np.ndarray]
 
 
-def _linear(path: ParamPath) -> tuple:
-    # HF Linear weight [out, in] <-> our kernel [in, out].
+def _transposed(path: ParamPath) -> tuple:
+    # HF Linear weight [out, in] <-> our [in, out] (the score head only; projections keep HF's layout).
     return (path,), lambda w: (w.T,), lambda k: k.T
 
 
 def _heads_in(path: ParamPath, heads: int, head_dim: int) -> tuple:
-    # HF [heads * head_dim, embed] <-> ours [embed, heads, head_dim].
+    # HF [heads * head_dim, embed] <-> ours [heads, head_dim, embed].
     return (
         (path,),
-        lambda w: (w.reshape(heads, head_dim, -1).transpose(2, 0, 1),),
-        lambda k: k.transpose(1, 2, 0).reshape(heads * head_dim, -1),
+        lambda w: (w.reshape(heads, head_dim, -1),),
+        lambda k: k.reshape(heads * head_dim, -1),
     )
 
 
 def _heads_out(path: ParamPath, heads: int, head_dim: int) -> tuple:
-    # HF [embed, heads * head_dim] <-> ours [heads, head_dim, embed].
+    # HF [embed, heads * head_dim] <-> ours [embed, heads, head_dim].
     return (
         (path,),
-        lambda w: (w.reshape(-1, heads, head_dim).transpose(1, 2, 0),),
-        lambda k: k.transpose(2, 0, 1).reshape(k.shape[2], -1),
+        lambda w: (w.reshape(-1, heads, head_dim),),
+        lambda k: k.reshape(k.shape[0], -1),
     )
 
 
@@ -94,13 +94,11 @@ def _packed_qkv(layer: ParamPath, cfg: ModelConfig, suffix: str) -> tuple:
         q, k, v = grouped[:, :g].reshape(kv * g, d, -1), grouped[:, g], grouped[:, g + 1]
         if suffix == "bias":
             return q[..., 0], k[..., 0], v[..., 0]
-        return tuple(x.transpose(2, 0, 1) for x in (q, k, v))
+        return q, k, v
 
     def to_hf(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
         if suffix == "bias":
             q, k, v = q[..., None], k[..., None], v[..., None]
-        else:
-            q, k, v = (x.transpose(1, 2, 0) for x in (q, k, v))
         grouped = np.concatenate([q.reshape(kv, g, d, -1), k[:, None], v[:, None]], axis=1)
         out = grouped.reshape(kv * (g + 2) * d, -1)
         return out[:, 0] if suffix == "bias" else out
@@ -128,9 +126,9 @@ def tensor_rules(cfg: ModelConfig) -> list[TensorRule]:
             add(pre + "attention.wo.weight", _heads_out(layer + ("attn", "o_proj"), n, d))
             if cfg.o_bias:
                 add(pre + "attention.wo.bias", _same(layer + ("attn", "o_bias")))
-            add(pre + "feed_forward.w1.weight", _linear(layer + ("mlp", "gate_proj")))
-            add(pre + "feed_forward.w3.weight", _linear(layer + ("mlp", "up_proj")))
-            add(pre + "feed_forward.w2.weight", _linear(layer + ("mlp", "down_proj")))
+            add(pre + "feed_forward.w1.weight", _same(layer + ("mlp", "gate_proj")))
+            add(pre + "feed_forward.w3.weight", _same(layer + ("mlp", "up_proj")))
+            add(pre + "feed_forward.w2.weight", _same(layer + ("mlp", "down_proj")))
             add(pre + "attention_norm.weight", _same(layer + ("input_norm", "scale")))
             add(pre + "ffn_norm.weight", _same(layer + ("post_attention_norm", "scale")))
             continue
@@ -143,16 +141,16 @@ def tensor_rules(cfg: ModelConfig) -> list[TensorRule]:
         if cfg.o_bias:
             add(pre + "self_attn.o_proj.bias", _same(layer + ("attn", "o_bias")))
         for name in ("gate", "up", "down"):
-            add(pre + f"mlp.{name}_proj.weight", _linear(layer + ("mlp", f"{name}_proj")))
+            add(pre + f"mlp.{name}_proj.weight", _same(layer + ("mlp", f"{name}_proj")))
             if cfg.mlp_bias:
                 add(pre + f"mlp.{name}_proj.bias", _same(layer + ("mlp", f"{name}_bias")))
         add(pre + "input_layernorm.weight", _same(layer + ("input_norm", "scale")))
         add(pre + "post_attention_layernorm.weight", _same(layer + ("post_attention_norm", "scale")))
     add("model.norm.weight", _same(("final_norm", "scale")))
     if cfg.head == "score":
-        add("v_head.weight" if internlm else "score.weight", _linear(("score",)))
+        add("v_head.weight" if internlm else "score.weight", _transposed(("score",)))
     elif not cfg.tie_word_embeddings:
-        add("output.weight" if internlm else "lm_head.weight", _linear(("lm_head",)))
+        add("output.weight" if internlm else "lm_head.weight", _same(("lm_head",)))
     return rules
 
 

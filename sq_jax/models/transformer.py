@@ -1,7 +1,12 @@
 """One decoder for every family (Llama, Mistral, Qwen2, InternLM2) in Flax NNX.
 
 Parameters carry logical axis names in their `logical_axes` metadata (see `parallel/sharding.py`); projection
-kernels keep heads as their own axis ([embed, heads, head_dim]) so tensor parallelism shards whole heads.
+kernels keep heads as their own axis ([heads, head_dim, embed]) so tensor parallelism shards whole heads.
+
+Every projection kernel is stored [out, in], as `transformers` stores Linear weights, so each kernel's contracted
+axis is its minor (contiguous) one. That is the layout XLA's GPU compiler wants when it turns a decoding
+vector-matrix product into a row reduction; with [in, out] kernels it transposed every q/k/v kernel once per
+decode block and wrote out a full elementwise product for o_proj on every step.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sq_jax.models.attention import attend, make_attention_mask
+from sq_jax.models.attention import attend, attend_cached, make_attention_mask
 from sq_jax.models.config import ModelConfig
 from sq_jax.models.kv_cache import KVCache, write_rows
 from sq_jax.models.rope import apply_rope, rope_inv_freq
@@ -53,10 +58,10 @@ class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         e, n, k, d, pd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.param_dtype
         self.cfg = cfg
-        self.q_proj = _param(rngs, (e, n, d), ("embed", "heads", "head_dim"), pd)
-        self.k_proj = _param(rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), pd)
-        self.v_proj = _param(rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), pd)
-        self.o_proj = _param(rngs, (n, d, e), ("heads", "head_dim", "embed"), pd)
+        self.q_proj = _param(rngs, (n, d, e), ("heads", "head_dim", "embed"), pd)
+        self.k_proj = _param(rngs, (k, d, e), ("kv_heads", "head_dim", "embed"), pd)
+        self.v_proj = _param(rngs, (k, d, e), ("kv_heads", "head_dim", "embed"), pd)
+        self.o_proj = _param(rngs, (e, n, d), ("embed", "heads", "head_dim"), pd)
         if cfg.qkv_bias:
             self.q_bias = _param(rngs, (n, d), ("heads", "head_dim"), pd, "zeros")
             self.k_bias = _param(rngs, (k, d), ("kv_heads", "head_dim"), pd, "zeros")
@@ -65,7 +70,7 @@ class Attention(nnx.Module):
             self.o_bias = _param(rngs, (e,), ("norm",), pd, "zeros")
 
     def _project(self, x: jax.Array, name: str) -> jax.Array:
-        out = jnp.einsum("bte,ehd->bthd", x, getattr(self, f"{name}_proj")[...].astype(x.dtype))
+        out = jnp.einsum("bte,hde->bthd", x, getattr(self, f"{name}_proj")[...].astype(x.dtype))
         if self.cfg.qkv_bias:
             out = out + getattr(self, f"{name}_bias")[...].astype(x.dtype)
         return out
@@ -83,11 +88,13 @@ class Attention(nnx.Module):
         k = apply_rope(self._project(x, "k"), positions, inv_freq)
         v = self._project(x, "v")
         q = constrain(q, ("batch", "length", "act_heads", None))
-        if cache_kv is not None:
-            k = write_rows(cache_kv[0], k, write_offsets)
-            v = write_rows(cache_kv[1], v, write_offsets)
-        out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask)
-        out = jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(x.dtype))
+        if cache_kv is None:
+            out = attend(q, k, v, mask)
+        else:
+            k = write_rows(cache_kv[0], k.transpose(0, 2, 1, 3), write_offsets, axis=2)
+            v = write_rows(cache_kv[1], v.transpose(0, 2, 3, 1), write_offsets, axis=3)
+            out = attend_cached(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+        out = jnp.einsum("bthd,ehd->bte", out, self.o_proj[...].astype(x.dtype))
         if self.cfg.o_bias:
             out = out + self.o_bias[...].astype(x.dtype)
         return out, (k, v)
@@ -99,22 +106,22 @@ class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         e, m, pd = cfg.hidden_size, cfg.intermediate_size, cfg.param_dtype
         self.bias = cfg.mlp_bias
-        self.gate_proj = _param(rngs, (e, m), ("embed", "mlp"), pd)
-        self.up_proj = _param(rngs, (e, m), ("embed", "mlp"), pd)
-        self.down_proj = _param(rngs, (m, e), ("mlp", "embed"), pd)
+        self.gate_proj = _param(rngs, (m, e), ("mlp", "embed"), pd)
+        self.up_proj = _param(rngs, (m, e), ("mlp", "embed"), pd)
+        self.down_proj = _param(rngs, (e, m), ("embed", "mlp"), pd)
         if cfg.mlp_bias:
             self.gate_bias = _param(rngs, (m,), ("mlp",), pd, "zeros")
             self.up_bias = _param(rngs, (m,), ("mlp",), pd, "zeros")
             self.down_bias = _param(rngs, (e,), ("norm",), pd, "zeros")
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        gate = x @ self.gate_proj[...].astype(x.dtype)
-        up = x @ self.up_proj[...].astype(x.dtype)
+        gate = jnp.einsum("bte,me->btm", x, self.gate_proj[...].astype(x.dtype))
+        up = jnp.einsum("bte,me->btm", x, self.up_proj[...].astype(x.dtype))
         if self.bias:
             gate = gate + self.gate_bias[...].astype(x.dtype)
             up = up + self.up_bias[...].astype(x.dtype)
         hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        out = hidden @ self.down_proj[...].astype(x.dtype)
+        out = jnp.einsum("btm,em->bte", hidden, self.down_proj[...].astype(x.dtype))
         if self.bias:
             out = out + self.down_bias[...].astype(x.dtype)
         return out
@@ -150,7 +157,7 @@ class Transformer(nnx.Module):
         if cfg.head == "score":
             self.score = _param(rngs, (cfg.hidden_size, cfg.num_labels), ("embed", "labels"), cfg.param_dtype)
         elif not cfg.tie_word_embeddings:
-            self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg.param_dtype)
+            self.lm_head = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg.param_dtype)
 
     def hidden_states(
         self,
@@ -205,15 +212,11 @@ class Transformer(nnx.Module):
     def head(self, hidden: jax.Array) -> jax.Array:
         """LM logits or score-head outputs, computed in float32 whatever the compute dtype."""
         if self.config.head == "score":
-            kernel = self.score[...]
-        elif self.config.tie_word_embeddings:
-            kernel = self.embed[...].T
-        else:
-            kernel = self.lm_head[...]
-        out = jnp.einsum("bte,ev->btv", hidden, kernel.astype(hidden.dtype), preferred_element_type=jnp.float32)
-        if self.config.head == "lm":
-            out = constrain(out, ("batch", "length", "act_vocab"))
-        return out
+            kernel = self.score[...].astype(hidden.dtype)
+            return jnp.einsum("bte,el->btl", hidden, kernel, preferred_element_type=jnp.float32)
+        kernel = self.embed[...] if self.config.tie_word_embeddings else self.lm_head[...]
+        out = jnp.einsum("bte,ve->btv", hidden, kernel.astype(hidden.dtype), preferred_element_type=jnp.float32)
+        return constrain(out, ("batch", "length", "act_vocab"))
 
     def __call__(
         self,

@@ -11,7 +11,7 @@ import collections
 import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -20,12 +20,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sq_jax.models.kv_cache import KVCache
 from sq_jax.models.transformer import Transformer
 from sq_jax.parallel.sharding import logical_to_spec
 from sq_jax.sampling import engine_core
 from sq_jax.sampling.engine_core import DecodeState, Prefix
 from sq_jax.sampling.sampling import SamplingParams, request_key
+from sq_jax.sampling.state_layout import StatePrograms, empty_state
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +98,16 @@ class Engine:
         # JetStream calls prefill and generate from different threads.
         self.dispatch_lock = threading.RLock()
         self.stats = {"prefills": 0, "prefix_hits": 0, "truncated_prompts": 0}
+        # Set (never cleared) once a request with temperature > 0 is prefilled: decode blocks then compile the
+        # sampling path, which is exact for greedy slots too; until then they run the greedy-only block.
+        self.sampling_admitted = False
         # The graph definition is bound, not passed as a static argument: hashing it per call costs ~0.5 ms.
         self._prefill_jit = jax.jit(functools.partial(engine_core.prefill, self.graphdef))
-        self._insert_jit = jax.jit(engine_core.insert, donate_argnums=1)
         self._prefill_batch_jit = jax.jit(functools.partial(engine_core.prefill_batch, self.graphdef))
-        self._insert_batch_jit = jax.jit(engine_core.insert_batch, donate_argnums=1)
         self._row_jit = jax.jit(engine_core.row_of)
-        self._generate_jit = jax.jit(functools.partial(engine_core.generate, self.graphdef),
-                                     static_argnums=3, donate_argnums=1)
+        # Programs over the decode state (init / insert / generate), compiled for the layout XLA picks for it.
+        make_state = functools.partial(empty_state, self.config, max_slots, max_cache_length)
+        self._state = StatePrograms(self.graphdef, make_state, self._state_shardings(make_state), decode_steps)
 
     # ------------------------------------------------------------------------------------ JetStream API
     @property
@@ -135,34 +137,20 @@ class Engine:
         return None
 
     def init_decode_state(self, *args: Any, **kwargs: Any) -> DecodeState:
-        cfg, slots, length = self.config, self.max_slots, self.max_cache_length
-        kv_shape = (slots, length, cfg.num_kv_heads, cfg.head_dim)
-        layers = range(cfg.num_layers)
-        dtype = jnp.dtype(cfg.dtype)
+        with self.dispatch_lock:
+            return self._state.init(self.params, self._stop_array, self.sampling_admitted)
 
-        def make() -> DecodeState:
-            zeros = jnp.zeros
-            return DecodeState(
-                cache=KVCache(k=tuple(zeros(kv_shape, dtype) for _ in layers),
-                              v=tuple(zeros(kv_shape, dtype) for _ in layers),
-                              positions=zeros((slots, length), jnp.int32),
-                              segment_ids=zeros((slots, length), jnp.int32), lengths=zeros((slots,), jnp.int32)),
-                tokens=zeros((slots,), jnp.int32), generated=zeros((slots,), jnp.int32),
-                active=zeros((slots,), bool), keys=zeros((slots, 2), jnp.uint32),
-                temperature=zeros((slots,), jnp.float32), top_p=jnp.ones((slots,), jnp.float32),
-                top_k=zeros((slots,), jnp.int32), max_tokens=zeros((slots,), jnp.int32),
-            )
-
-        slot_axes = self._axes_if_divisible("cache_batch", slots)
-        head_axes = self._axes_if_divisible("act_kv_heads", cfg.num_kv_heads)
+    def _state_shardings(self, make_state: Callable[[], DecodeState]) -> DecodeState:
+        """Slots over data x fsdp, kv heads over tensor (each replicated where the mesh does not divide it)."""
+        slot_axes = self._axes_if_divisible("cache_batch", self.max_slots)
+        head_axes = self._axes_if_divisible("act_kv_heads", self.config.num_kv_heads)
 
         def sharding(x: jax.ShapeDtypeStruct) -> NamedSharding:
-            if x.ndim == 4:  # kv per layer: [slots, length, kv_heads, head_dim]
-                return NamedSharding(self._mesh, PartitionSpec(slot_axes, None, head_axes, None))
+            if x.ndim == 4:  # k, v per layer: [slots, kv_heads, length or head_dim, head_dim or length]
+                return NamedSharding(self._mesh, PartitionSpec(slot_axes, head_axes, None, None))
             return NamedSharding(self._mesh, PartitionSpec(slot_axes, *([None] * (x.ndim - 1))))
 
-        with self.dispatch_lock:
-            return jax.jit(make, out_shardings=jax.tree.map(sharding, jax.eval_shape(make)))()
+        return jax.tree.map(sharding, jax.eval_shape(make_state))
 
     def _axes_if_divisible(self, logical: str, size: int):
         """The mesh axes of `logical` when they divide `size`; replicated otherwise (e.g. 2 kv heads, tensor 8)."""
@@ -183,7 +171,7 @@ class Engine:
     ) -> Prefix:
         """JetStream's prefill on one padded bucket; `sampling` (an sq-jax extension) sets the request's
         key and settings, defaulting to greedy with seed 0."""
-        settings = settings_of(sampling or SamplingParams(temperature=0.0))
+        settings = self._settings(sampling or SamplingParams(temperature=0.0))
         self.stats["prefills"] += 1
         with self.dispatch_lock:
             return self._prefill_jit(params, np.asarray(padded_tokens, np.int32), np.int32(true_length),
@@ -191,7 +179,8 @@ class Engine:
 
     def insert(self, prefix: Prefix, decode_state: DecodeState, slot: int) -> DecodeState:
         with self.dispatch_lock:
-            return self._insert_jit(prefix, decode_state, np.int32(slot))
+            insert = self._state.insert(self._formats())
+            return insert(prefix, decode_state, np.int32(slot))
 
     def generate(self, params: nnx.State, decode_state: DecodeState) -> tuple[DecodeState, jax.Array]:
         return self.decode_block(decode_state, params)
@@ -200,7 +189,11 @@ class Engine:
         """`decode_steps` steps; results [slots, 2 * steps + 1]: tokens, validity, count at the first token."""
         params = self.params if params is None else params
         with self.dispatch_lock:
-            return self._generate_jit(params, decode_state, self._stop_array, self.decode_steps)
+            block = self._state.generate(self.params, self._stop_array, self.sampling_admitted)
+            return block(params, decode_state, self._stop_array)
+
+    def _formats(self) -> DecodeState:
+        return self._state.formats(self.params, self._stop_array, self.sampling_admitted)
 
     # --------------------------------------------------------------------------------------- sq-jax API
     def fit_prompt(self, token_ids: Sequence[int]) -> list[int]:
@@ -248,7 +241,13 @@ class Engine:
             padded, true_length = self.pad_to_bucket(ids)
             cached = self.prefill(params=self.params, padded_tokens=padded, true_length=true_length)
             self._remember(key, cached)
-        return engine_core.with_settings(cached, settings_of(sampling))
+        return engine_core.with_settings(cached, self._settings(sampling))
+
+    def _settings(self, sampling: SamplingParams) -> dict[str, np.ndarray]:
+        """A request's device settings; notes a sampled request before it can reach a decode block."""
+        if sampling.temperature > 0:
+            self.sampling_admitted = True
+        return settings_of(sampling)
 
     def clear_prefix_cache(self) -> None:
         with self._lock:
@@ -274,7 +273,7 @@ class Engine:
                 cached = self._prefix_cache.get(key)
             if cached is not None:
                 self.stats["prefix_hits"] += 1
-                prefix = engine_core.with_settings(cached, settings_of(sampling))
+                prefix = engine_core.with_settings(cached, self._settings(sampling))
                 decode_state = self.insert(prefix, decode_state, slots[i])
             else:
                 misses.setdefault(key, []).append(i)
@@ -301,13 +300,13 @@ class Engine:
                     with self.dispatch_lock:
                         self._remember(key, self._row_jit(batch, np.int32(r), default))
             padded = 1 << max(len(members) - 1, 0).bit_length()
-            settings = [settings_of(requests[i][1]) for _, i in members]
+            settings = [self._settings(requests[i][1]) for _, i in members]
             stacked = {name: np.stack([s[name] for s in settings] + [settings[0][name]] * (padded - len(members)))
                        for name in settings[0]}
             row_ids = np.asarray([r for r, _ in members] + [0] * (padded - len(members)), np.int32)
             slot_ids = np.asarray([slots[i] for _, i in members] + [0] * (padded - len(members)), np.int32)
             with self.dispatch_lock:
-                decode_state = self._insert_batch_jit(batch, decode_state, row_ids, slot_ids, stacked,
-                                                      np.int32(len(members)))
+                insert_batch = self._state.insert_batch(self._formats())
+                decode_state = insert_batch(batch, decode_state, row_ids, slot_ids, stacked, np.int32(len(members)))
         return decode_state
 

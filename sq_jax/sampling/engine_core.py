@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from sq_jax.models.kv_cache import KVCache
+from sq_jax.models.kv_cache import KVCache, init_cache
 from sq_jax.models.transformer import Transformer
 from sq_jax.sampling.sampling import sample_token, token_key
 
@@ -19,8 +19,8 @@ from sq_jax.sampling.sampling import sample_token, token_key
 class Prefix:
     """One prefilled request: its KV entries (a length bucket), logits after its last token, its settings."""
 
-    k: tuple[jax.Array, ...]  # per layer [bucket, kv_heads, head_dim]
-    v: tuple[jax.Array, ...]
+    k: tuple[jax.Array, ...]  # per layer [kv_heads, bucket, head_dim]
+    v: tuple[jax.Array, ...]  # per layer [kv_heads, head_dim, bucket]
     positions: jax.Array  # [bucket] int32
     segment_ids: jax.Array  # [bucket] int32, 0 past the true length
     length: jax.Array  # () int32: true tokens = next write offset
@@ -34,7 +34,7 @@ class Prefix:
 
 @struct.dataclass
 class DecodeState:
-    cache: KVCache  # k, v per layer [slots, max_len, kv_heads, head_dim]
+    cache: KVCache  # per layer k [slots, kv_heads, max_len, head_dim], v [slots, kv_heads, head_dim, max_len]
     tokens: jax.Array  # [slots] pending token (sampled, not yet emitted)
     generated: jax.Array  # [slots] tokens emitted so far
     active: jax.Array  # [slots] bool
@@ -59,19 +59,12 @@ def prefill(
     valid = (jnp.arange(bucket) < true_length).astype(jnp.int32)
     if existing is None:
         start = jnp.zeros((), jnp.int32)
-        shape = (1, bucket, model.config.num_kv_heads, model.config.head_dim)
-        dtype = jnp.dtype(model.config.dtype)
-        layers = range(model.config.num_layers)
-        cache = KVCache(
-            k=tuple(jnp.zeros(shape, dtype) for _ in layers), v=tuple(jnp.zeros(shape, dtype) for _ in layers),
-            positions=jnp.zeros((1, bucket), jnp.int32), segment_ids=jnp.zeros((1, bucket), jnp.int32),
-            lengths=jnp.zeros((1,), jnp.int32),
-        )
+        cache = init_cache(model.config, 1, bucket)
     else:
         start = existing.length
-        pad = [(0, bucket), (0, 0), (0, 0)]
+        k_pad, v_pad = [(0, 0), (0, bucket), (0, 0)], [(0, 0), (0, 0), (0, bucket)]
         cache = KVCache(
-            k=tuple(jnp.pad(x, pad)[None] for x in existing.k), v=tuple(jnp.pad(x, pad)[None] for x in existing.v),
+            k=tuple(jnp.pad(x, k_pad)[None] for x in existing.k), v=tuple(jnp.pad(x, v_pad)[None] for x in existing.v),
             positions=jnp.pad(existing.positions, (0, bucket))[None],
             segment_ids=jnp.pad(existing.segment_ids, (0, bucket))[None],
             lengths=existing.length[None],
@@ -93,7 +86,7 @@ def with_settings(prefix: Prefix, settings: dict[str, jax.Array]) -> Prefix:
 def insert(prefix: Prefix, state: DecodeState, slot: jax.Array) -> DecodeState:
     """Copy a prefix into `slot`, clearing what its previous request left, and sample its first token."""
     cache = state.cache
-    bucket = prefix.k[0].shape[0]
+    bucket = prefix.positions.shape[0]
     max_len = cache.max_length
     put_rows = lambda buf, new: jax.lax.dynamic_update_slice(buf, new[None].astype(buf.dtype), (slot, 0, 0, 0))  # noqa: E731
     k = tuple(put_rows(buf, new) for buf, new in zip(cache.k, prefix.k))
@@ -118,10 +111,16 @@ def insert(prefix: Prefix, state: DecodeState, slot: jax.Array) -> DecodeState:
 
 
 def generate(
-    graphdef: nnx.GraphDef, params: nnx.State, state: DecodeState, stop_ids: jax.Array, steps: int
+    graphdef: nnx.GraphDef, params: nnx.State, state: DecodeState, stop_ids: jax.Array, steps: int,
+    sampling: bool = True,
 ) -> tuple[DecodeState, jax.Array]:
     """`steps` decode steps for every slot. Returns the new state and [slots, 2 * steps + 1] int32 results:
-    emitted tokens, their validity, and each slot's count of emitted tokens at the block's first token."""
+    emitted tokens, their validity, and each slot's count of emitted tokens at the block's first token.
+
+    `sampling=False` (static) compiles a greedy-only block, valid when every slot has temperature 0. The choice
+    is the caller's (the host knows every request's settings) rather than a `lax.cond` in the step: on GPU a
+    conditional copies its predicate to the host and blocks the stream, once per decoded token.
+    """
     model: Transformer = nnx.merge(graphdef, params)
     first_count = state.generated + 1
 
@@ -133,13 +132,11 @@ def generate(
         out = model(emit[:, None], cache.lengths[:, None], jnp.ones_like(emit)[:, None], cache)
         logits = out.logits[:, -1]
 
-        def sample_all():
+        if sampling:
             keys = jax.vmap(token_key)(state.keys, state.generated + 1)
-            return jax.vmap(sample_token)(logits, keys, state.temperature, state.top_p, state.top_k)
-
-        # An all-greedy batch skips the sort-based filters entirely.
-        nxt = jax.lax.cond(jnp.any(state.temperature > 0), sample_all,
-                           lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32))
+            nxt = jax.vmap(sample_token)(logits, keys, state.temperature, state.top_p, state.top_k)
+        else:  # an all-greedy batch skips the sort-based filters entirely
+            nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         stopped = jnp.isin(emit, stop_ids)
         generated = state.generated + valid.astype(jnp.int32)
         new_cache = out.cache.replace(lengths=jnp.where(valid, out.cache.lengths, cache.lengths))
@@ -160,7 +157,7 @@ def generate(
 class PrefixBatch:
     """Several prompts prefilled in one call (rows padded to a power of two, prompts to one bucket)."""
 
-    k: tuple[jax.Array, ...]  # per layer [rows, bucket, kv_heads, head_dim]
+    k: tuple[jax.Array, ...]  # per layer [rows, kv_heads, bucket, head_dim]; v [rows, kv_heads, head_dim, bucket]
     v: tuple[jax.Array, ...]
     positions: jax.Array  # [rows, bucket]
     segment_ids: jax.Array  # [rows, bucket]
@@ -175,15 +172,7 @@ def prefill_batch(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, 
     cfg = model.config
     segments = (jnp.arange(bucket)[None, :] < true_lengths[:, None]).astype(jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(bucket, dtype=jnp.int32), (rows, bucket))
-    shape = (rows, bucket, cfg.num_kv_heads, cfg.head_dim)
-    dtype = jnp.dtype(cfg.dtype)
-    cache = KVCache(
-        k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
-        v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
-        positions=jnp.zeros((rows, bucket), jnp.int32), segment_ids=jnp.zeros((rows, bucket), jnp.int32),
-        lengths=jnp.zeros((rows,), jnp.int32),
-    )
-    out = model(tokens, positions, segments, cache)
+    out = model(tokens, positions, segments, init_cache(cfg, rows, bucket))
     last = jnp.take_along_axis(out.logits, jnp.maximum(true_lengths - 1, 0)[:, None, None], axis=1)[:, 0]
     return PrefixBatch(k=out.cache.k, v=out.cache.v, positions=out.cache.positions,
                        segment_ids=out.cache.segment_ids, lengths=true_lengths, logits=last)
@@ -209,14 +198,15 @@ def insert_batch(
     bucket, max_len = batch.positions.shape[1], cache.max_length
     target = jnp.where(jnp.arange(slots.shape[0]) < count, slots, state.tokens.shape[0])  # out of range: dropped
     put = lambda buf, values: buf.at[target].set(values.astype(buf.dtype), mode="drop")  # noqa: E731
-    kv = lambda buf, new: buf.at[target, :bucket].set(new[rows].astype(buf.dtype), mode="drop")  # noqa: E731
+    put_k = lambda buf, new: buf.at[target, :, :bucket].set(new[rows].astype(buf.dtype), mode="drop")  # noqa: E731
+    put_v = lambda buf, new: buf.at[target, :, :, :bucket].set(new[rows].astype(buf.dtype), mode="drop")  # noqa: E731
     pad_row = lambda x: jnp.pad(x[rows], ((0, 0), (0, max_len - bucket)))  # noqa: E731
     keys = jax.vmap(token_key)(settings["key"], jnp.zeros_like(rows))
     first = jax.vmap(sample_token)(batch.logits[rows], keys, settings["temperature"], settings["top_p"],
                                    settings["top_k"])
     return DecodeState(
-        cache=KVCache(k=tuple(kv(b, n) for b, n in zip(cache.k, batch.k)),
-                      v=tuple(kv(b, n) for b, n in zip(cache.v, batch.v)),
+        cache=KVCache(k=tuple(put_k(b, n) for b, n in zip(cache.k, batch.k)),
+                      v=tuple(put_v(b, n) for b, n in zip(cache.v, batch.v)),
                       positions=put(cache.positions, pad_row(batch.positions)),
                       segment_ids=put(cache.segment_ids, pad_row(batch.segment_ids)),
                       lengths=put(cache.lengths, batch.lengths[rows])),

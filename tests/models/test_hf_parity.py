@@ -154,7 +154,7 @@ def test_bf16_checkpoint_loads_and_exports_bf16(tmp_path):
     assert model.layers[0].attn.q_proj[...].dtype == jnp.bfloat16
     ref = torch_model.state_dict()["model.layers.0.self_attn.q_proj.weight"].float().numpy()
     ours_q = np.asarray(model.layers[0].attn.q_proj[...].astype(jnp.float32))
-    np.testing.assert_array_equal(ours_q.transpose(1, 2, 0).reshape(ref.shape), ref)
+    np.testing.assert_array_equal(ours_q.reshape(ref.shape), ref)  # [heads, head_dim, embed]: HF's rows
     save_pretrained(model, tmp_path / "export")
     assert json.loads((tmp_path / "export" / "config.json").read_text())["torch_dtype"] == "bfloat16"
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export", dtype=torch.bfloat16)

@@ -42,11 +42,11 @@ def test_mesh_loading_matches_single_device_and_is_sharded(wide_checkpoint, shap
     single = _logits(load_pretrained(wide_checkpoint), ids, mask)
     mesh = make_mesh(*shape)
     model = load_pretrained(wide_checkpoint, mesh=mesh)
-    q = model.layers[0].attn.q_proj[...]  # [embed, heads, head_dim] -> (fsdp, tensor, None)
+    q = model.layers[0].attn.q_proj[...]  # [heads, head_dim, embed] -> (tensor, None, fsdp)
     assert q.sharding.mesh.shape == dict(zip(("data", "fsdp", "tensor"), shape))
-    assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+    assert q.sharding.spec == jax.sharding.PartitionSpec("tensor", None, "fsdp")
     shard_shape = q.addressable_shards[0].data.shape
-    assert shard_shape == (64 // shape[1], 8 // shape[2], 8)
+    assert shard_shape == (8 // shape[2], 8, 64 // shape[1])
     assert model.embed[...].addressable_shards[0].data.shape == (hf_tiny.VOCAB // shape[2], 64 // shape[1])
     sharded_ids = jax.device_put(ids, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"))))
     with jax.set_mesh(mesh):

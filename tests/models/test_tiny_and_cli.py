@@ -61,8 +61,8 @@ def test_native_checkpoint_restores_sharded(tiny, tmp_path):
     mesh = make_mesh(1, 4, 2)
     model = load_native(tmp_path / "native", mesh=mesh)
     up = model.layers[2].mlp.up_proj[...]
-    assert up.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-    assert up.addressable_shards[0].data.shape == (256 // 4, 704 // 2)
+    assert up.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+    assert up.addressable_shards[0].data.shape == (704 // 2, 256 // 4)
     np.testing.assert_array_equal(np.asarray(up), np.asarray(reference.layers[2].mlp.up_proj[...]))
 
 

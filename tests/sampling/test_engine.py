@@ -15,7 +15,7 @@ from sq_jax.models.config import ModelConfig
 from sq_jax.parallel.mesh import make_mesh
 from sq_jax.sampling.engine import Engine, PromptTooLongError
 from sq_jax.sampling.loop import Request, run_loop
-from sq_jax.sampling.sampling import SamplingParams
+from sq_jax.sampling.sampling import SamplingParams, request_key, sample_token, token_key
 
 CFG = ModelConfig(family="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                   num_kv_heads=2, head_dim=8, qkv_bias=True)
@@ -92,6 +92,37 @@ def test_seeded_sample_is_identical_alone_in_batch_and_in_any_slot(engine):
     assert different_seed != alone
 
 
+def full_forward_sample_reference(model, prompt, sampling: SamplingParams, count: int, length=48) -> list[int]:
+    """The first `count` tokens of a seeded request, each sampled from an uncached forward pass with the
+    request's key for that token index."""
+    seq, key = list(prompt), request_key(sampling.seed)
+    for index in range(count):
+        ids = np.zeros((1, length), np.int32)
+        ids[0, : len(seq)] = seq
+        seg = (np.arange(length) < len(seq)).astype(np.int32)[None]
+        logits = _forward(model, jnp.asarray(ids), jnp.asarray(seg))[0, len(seq) - 1]
+        seq.append(int(sample_token(logits, token_key(key, index), sampling.temperature, sampling.top_p,
+                                    sampling.top_k)))
+    return seq[len(prompt):]
+
+
+def test_sampled_decoding_matches_full_forward_after_greedy_blocks():
+    """Greedy-only traffic runs the greedy block; the first sampled request switches the engine to the
+    sampling block, and its tokens are those of an uncached forward pass sampled with its own keys."""
+    model = init_model(CFG, seed=1)
+    engine = Engine(model, stop_ids=[], max_slots=4, max_cache_length=48, max_prefill_length=16, decode_steps=4)
+    greedy = run_loop(engine, [Request(PROMPT, SamplingParams(temperature=0.0, max_tokens=8))])[0].token_ids
+    assert not engine.sampling_admitted
+    assert greedy == full_forward_sample_reference(model, PROMPT, SamplingParams(temperature=0.0), 8)
+    sampling = SamplingParams(temperature=1.0, top_p=0.95, top_k=40, max_tokens=12, seed=5)
+    mixed = run_loop(engine, [Request(PROMPT, sampling), Request([3, 4], SamplingParams(temperature=0.0,
+                                                                                        max_tokens=12))])
+    assert engine.sampling_admitted
+    assert mixed[0].token_ids == full_forward_sample_reference(model, PROMPT, sampling, 12)
+    assert mixed[0].token_ids[:8] != greedy
+    assert mixed[1].token_ids == full_forward_sample_reference(model, [3, 4], SamplingParams(temperature=0.0), 12)
+
+
 def test_decode_steps_per_call_do_not_change_outputs():
     model = init_model(CFG, seed=1)
     reqs = [Request([i + 1, 5, 7], SamplingParams(temperature=1.0, seed=i, max_tokens=9)) for i in range(5)]
@@ -145,9 +176,33 @@ def test_sharded_engine_matches_single_device(engine):
     sharded = Engine(model, stop_ids=[63], max_slots=8, max_cache_length=64, max_prefill_length=32, decode_steps=4,
                      mesh=mesh)
     state = sharded.init_decode_state()
-    assert state.cache.k[0].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor", None)
+    assert state.cache.k[0].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), "tensor", None, None)
     reqs = [Request([i + 2, 9, 4], SamplingParams(temperature=t, seed=i, max_tokens=10))
             for i, t in enumerate([0.0, 1.0, 0.7, 1.0, 0.0, 1.0])]
     with jax.set_mesh(mesh):
         got = [c.token_ids for c in run_loop(sharded, reqs)]
     assert got == [c.token_ids for c in run_loop(engine, reqs)]
+
+
+def test_decode_state_keeps_the_layout_its_programs_were_compiled_for(engine):
+    """init, insert and generate all take and return the state in the formats chosen for it; forced to a
+    non-default layout (head_dim-major K, as a TPU might pick), outputs are unchanged and nothing relays out."""
+    from jax.experimental.layout import Format, Layout
+
+    reqs = [Request([i + 3, 8, 1], SamplingParams(temperature=t, seed=i, max_tokens=9)) for i, t in enumerate([0.0, 1.0, 0.8])]
+    expected = [c.token_ids for c in run_loop(engine, reqs)]
+    chosen = engine._formats()
+    assert engine.init_decode_state().cache.k[0].format == chosen.cache.k[0]
+
+    forced_engine = Engine(init_model(CFG, seed=1), stop_ids=[63], max_slots=8, max_cache_length=64,
+                           max_prefill_length=32, decode_steps=4)
+    default = forced_engine._formats()
+    transposed = lambda f: Format(Layout(major_to_minor=(0, 1, 3, 2)), f.sharding)  # noqa: E731
+    forced = default.replace(cache=default.cache.replace(k=tuple(transposed(f) for f in default.cache.k)))
+    forced_engine._state._formats, forced_engine._state._generate = forced, {}
+    assert [c.token_ids for c in run_loop(forced_engine, reqs)] == expected
+    state = forced_engine.init_decode_state()
+    state = forced_engine.insert(forced_engine.prefill_request([5, 6], SamplingParams(max_tokens=4)), state, 2)
+    state, _ = forced_engine.decode_block(state)
+    assert state.cache.k[0].format.layout.major_to_minor == (0, 1, 3, 2)
+    assert state.cache.v[0].format == default.cache.v[0]

@@ -27,10 +27,10 @@ def test_same_losses_on_every_mesh_and_params_sharded_as_rules_say(micro_model, 
         mesh = dict(zip(("data", "fsdp", "tensor"), shape))
         trainer = Trainer(make_config(micro_model, out, mesh=mesh))
         q = trainer.params["layers"][0]["attn"]["q_proj"][...]
-        assert q.sharding.spec == P("fsdp", "tensor", None)
-        assert q.addressable_shards[0].data.shape == (64 // shape[1], 8 // shape[2], 8)
+        assert q.sharding.spec == P("tensor", None, "fsdp")
+        assert q.addressable_shards[0].data.shape == (8 // shape[2], 8, 64 // shape[1])
         up = trainer.params["layers"][1]["mlp"]["up_proj"][...]
-        assert up.addressable_shards[0].data.shape == (64 // shape[1], 128 // shape[2])
+        assert up.addressable_shards[0].data.shape == (128 // shape[2], 64 // shape[1])
         result = trainer.train()
         assert result.steps == 20
         curves[shape] = losses_of(out)
@@ -50,8 +50,9 @@ def test_gradient_accumulation_equals_one_big_batch(micro_model, tmp_path):
     accum = Trainer(make_config(micro_model, tmp_path / "accum", global_batch_size=8, micro_batch_size=2, **common))
     assert accum.cfg.grad_accum_steps == 4
     accum.train()
+    # Same math, other summation order: float32 losses of ~6 agree to a few ulp (3e-7 relative seen).
     np.testing.assert_allclose(list(losses_of(tmp_path / "accum").values()),
-                               list(losses_of(tmp_path / "big").values()), atol=1e-6)
+                               list(losses_of(tmp_path / "big").values()), rtol=1e-6, atol=0)
     for a, b in zip(jax.tree.leaves(accum.params), jax.tree.leaves(big.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
 
