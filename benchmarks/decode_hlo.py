@@ -86,9 +86,9 @@ def compile_decode_block(cfg, slots: int, cache_length: int, steps: int, samplin
     params = jax.tree.map(lambda x: spec(x.shape, x.dtype), params)
     make_state = functools.partial(empty_state, cfg, slots, cache_length)
     one_place = where or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    programs = StatePrograms(graphdef, make_state, jax.tree.map(lambda _: one_place, jax.eval_shape(make_state)),
-                             steps)
-    return programs.lowered_block(params, spec((1,), jnp.int32), sampling).compile().as_text()
+    programs = StatePrograms(graphdef, params, spec((1,), jnp.int32), make_state,
+                             jax.tree.map(lambda _: one_place, jax.eval_shape(make_state)), steps)
+    return programs.lowered_block(sampling).compile().as_text()
 
 
 def ideal_bytes_per_step(cfg, slots: int, cache_length: int) -> int:

@@ -107,7 +107,8 @@ class Engine:
         self._row_jit = jax.jit(engine_core.row_of)
         # Programs over the decode state (init / insert / generate), compiled for the layout XLA picks for it.
         make_state = functools.partial(empty_state, self.config, max_slots, max_cache_length)
-        self._state = StatePrograms(self.graphdef, make_state, self._state_shardings(make_state), decode_steps)
+        self._state = StatePrograms(self.graphdef, self.params, self._stop_array, make_state,
+                                    self._state_shardings(make_state), decode_steps)
 
     # ------------------------------------------------------------------------------------ JetStream API
     @property
@@ -138,7 +139,7 @@ class Engine:
 
     def init_decode_state(self, *args: Any, **kwargs: Any) -> DecodeState:
         with self.dispatch_lock:
-            return self._state.init(self.params, self._stop_array, self.sampling_admitted)
+            return self._state.init(self.sampling_admitted)
 
     def _state_shardings(self, make_state: Callable[[], DecodeState]) -> DecodeState:
         """Slots over data x fsdp, kv heads over tensor (each replicated where the mesh does not divide it)."""
@@ -179,8 +180,7 @@ class Engine:
 
     def insert(self, prefix: Prefix, decode_state: DecodeState, slot: int) -> DecodeState:
         with self.dispatch_lock:
-            insert = self._state.insert(self._formats())
-            return insert(prefix, decode_state, np.int32(slot))
+            return self._state.insert(self.sampling_admitted)(prefix, decode_state, np.int32(slot))
 
     def generate(self, params: nnx.State, decode_state: DecodeState) -> tuple[DecodeState, jax.Array]:
         return self.decode_block(decode_state, params)
@@ -189,11 +189,7 @@ class Engine:
         """`decode_steps` steps; results [slots, 2 * steps + 1]: tokens, validity, count at the first token."""
         params = self.params if params is None else params
         with self.dispatch_lock:
-            block = self._state.generate(self.params, self._stop_array, self.sampling_admitted)
-            return block(params, decode_state, self._stop_array)
-
-    def _formats(self) -> DecodeState:
-        return self._state.formats(self.params, self._stop_array, self.sampling_admitted)
+            return self._state.generate(self.sampling_admitted)(params, decode_state, self._stop_array)
 
     # --------------------------------------------------------------------------------------- sq-jax API
     def fit_prompt(self, token_ids: Sequence[int]) -> list[int]:
@@ -306,7 +302,7 @@ class Engine:
             row_ids = np.asarray([r for r, _ in members] + [0] * (padded - len(members)), np.int32)
             slot_ids = np.asarray([slots[i] for _, i in members] + [0] * (padded - len(members)), np.int32)
             with self.dispatch_lock:
-                insert_batch = self._state.insert_batch(self._formats())
+                insert_batch = self._state.insert_batch(self.sampling_admitted)
                 decode_state = insert_batch(batch, decode_state, row_ids, slot_ids, stacked, np.int32(len(members)))
         return decode_state
 

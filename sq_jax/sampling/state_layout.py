@@ -21,20 +21,16 @@ from flax import nnx
 from jax.experimental.layout import Format, Layout
 
 from sq_jax.models.config import ModelConfig
-from sq_jax.models.kv_cache import KVCache, kv_shapes
+from sq_jax.models.kv_cache import init_cache
 from sq_jax.sampling import engine_core
 from sq_jax.sampling.engine_core import DecodeState
 
 
 def empty_state(cfg: ModelConfig, slots: int, length: int) -> DecodeState:
     """A decode state with every slot empty (traced: call under `jit` or `eval_shape`)."""
-    k_shape, v_shape = kv_shapes(cfg, slots, length)
-    dtype = jnp.dtype(cfg.dtype)
-    zeros, layers = jnp.zeros, range(cfg.num_layers)
+    zeros = jnp.zeros
     return DecodeState(
-        cache=KVCache(k=tuple(zeros(k_shape, dtype) for _ in layers), v=tuple(zeros(v_shape, dtype) for _ in layers),
-                      positions=zeros((slots, length), jnp.int32), segment_ids=zeros((slots, length), jnp.int32),
-                      lengths=zeros((slots,), jnp.int32)),
+        cache=init_cache(cfg, slots, length),
         tokens=zeros((slots,), jnp.int32), generated=zeros((slots,), jnp.int32), active=zeros((slots,), bool),
         keys=zeros((slots, 2), jnp.uint32), temperature=zeros((slots,), jnp.float32),
         top_p=jnp.ones((slots,), jnp.float32), top_k=zeros((slots,), jnp.int32), max_tokens=zeros((slots,), jnp.int32),
@@ -46,75 +42,80 @@ class StatePrograms:
 
     The formats are chosen on first use, by compiling the decode block for the sampling mode in force then
     (usually greedy: nothing is admitted before the first `init`); that compiled block is kept and used.
+    `params` and `stop_ids` are the engine's (abstract ones will do for `lowered_block`).
     """
 
-    def __init__(self, graphdef: nnx.GraphDef, make_state: Callable[[], DecodeState],
-                 shardings: DecodeState, steps: int):
-        self._graphdef, self._make_state, self._shardings, self._steps = graphdef, make_state, shardings, steps
+    def __init__(self, graphdef: nnx.GraphDef, params: nnx.State, stop_ids: jax.Array,
+                 make_state: Callable[[], DecodeState], shardings: DecodeState, steps: int):
+        self._graphdef, self._params, self._stop_ids = graphdef, params, stop_ids
+        self._make_state, self._shardings, self._steps = make_state, shardings, steps
         self._lock = threading.Lock()
         self._formats: DecodeState | None = None
         self._generate: dict[bool, Callable] = {}
-        self._insert: Callable | None = None
-        self._insert_batch: Callable | None = None
+        self._programs: dict[str, Callable] = {}
 
-    def formats(self, params: nnx.State, stop_ids: jax.Array, sampling: bool) -> DecodeState:
+    def formats(self, sampling: bool) -> DecodeState:
         with self._lock:
             if self._formats is None:
-                self._formats = self._choose(params, stop_ids, sampling)
+                self._formats = self._choose(sampling)
             return self._formats
 
     def _block(self, sampling: bool) -> Callable:
         return functools.partial(engine_core.generate, self._graphdef, steps=self._steps, sampling=sampling)
 
-    def _choose(self, params: nnx.State, stop_ids: jax.Array, sampling: bool) -> DecodeState:
-        auto = jax.tree.map(lambda s: Format(Layout.AUTO, s), self._shardings)
-        block = jax.jit(self._block(sampling), in_shardings=(None, auto, None), out_shardings=(auto, None),
-                        donate_argnums=1)
-        compiled = block.lower(params, self._abstract(), stop_ids).compile()
-        formats = compiled.input_formats[0][1]
-        if _same_layouts(compiled.output_formats[0], formats):
-            self._generate[sampling] = compiled
-        return formats
-
-    def lowered_block(self, params: nnx.State, stop_ids: jax.Array, sampling: bool) -> Any:
-        """The decode block lowered for the chosen formats (params may be abstract): for inspecting its HLO."""
-        formats = self.formats(params, stop_ids, sampling)
-        block = jax.jit(self._block(sampling), in_shardings=(None, formats, None), out_shardings=(formats, None),
-                        donate_argnums=1)
-        return block.lower(params, self._abstract(), stop_ids)
-
     def _abstract(self) -> DecodeState:
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             jax.eval_shape(self._make_state), self._shardings)
 
-    def init(self, params: nnx.State, stop_ids: jax.Array, sampling: bool) -> DecodeState:
-        return jax.jit(self._make_state, out_shardings=self.formats(params, stop_ids, sampling))()
+    def _choose(self, sampling: bool) -> DecodeState:
+        auto = jax.tree.map(lambda s: Format(Layout.AUTO, s), self._shardings)
+        block = jax.jit(self._block(sampling), in_shardings=(None, auto, None), out_shardings=(auto, None),
+                        donate_argnums=1)
+        compiled = block.lower(self._params, self._abstract(), self._stop_ids).compile()
+        formats = compiled.input_formats[0][1]
+        if _same_layouts(compiled.output_formats[0], formats):  # usable as is: no second compile
+            self._generate[sampling] = compiled
+        return formats
 
-    def generate(self, params: nnx.State, stop_ids: jax.Array, sampling: bool) -> Callable:
-        formats = self.formats(params, stop_ids, sampling)
+    def _pinned_block(self, sampling: bool, formats: DecodeState) -> Callable:
+        return jax.jit(self._block(sampling), in_shardings=(None, formats, None), out_shardings=(formats, None),
+                       donate_argnums=1)
+
+    def lowered_block(self, sampling: bool) -> Any:
+        """The decode block lowered for the chosen formats: for inspecting its HLO."""
+        return self._pinned_block(sampling, self.formats(sampling)).lower(self._params, self._abstract(),
+                                                                          self._stop_ids)
+
+    def generate(self, sampling: bool) -> Callable:
+        """The decode block: `(params, state, stop_ids) -> (state, results)`."""
+        formats = self.formats(sampling)
         with self._lock:
             if sampling not in self._generate:
-                self._generate[sampling] = jax.jit(self._block(sampling), in_shardings=(None, formats, None),
-                                                   out_shardings=(formats, None), donate_argnums=1)
+                self._generate[sampling] = self._pinned_block(sampling, formats)
             return self._generate[sampling]
 
-    def insert(self, formats: DecodeState) -> Callable:
+    def _program(self, name: str, sampling: bool, build: Callable[[DecodeState], Callable]) -> Callable:
+        formats = self.formats(sampling)
         with self._lock:
-            if self._insert is None:
-                self._insert = jax.jit(engine_core.insert, in_shardings=(None, formats, None),
-                                       out_shardings=formats, donate_argnums=1)
-            return self._insert
+            if name not in self._programs:
+                self._programs[name] = build(formats)
+            return self._programs[name]
 
-    def insert_batch(self, formats: DecodeState) -> Callable:
-        with self._lock:
-            if self._insert_batch is None:
-                self._insert_batch = jax.jit(engine_core.insert_batch,
-                                             in_shardings=(None, formats, None, None, None, None),
-                                             out_shardings=formats, donate_argnums=1)
-            return self._insert_batch
+    def init(self, sampling: bool) -> DecodeState:
+        return self._program("init", sampling, lambda f: jax.jit(self._make_state, out_shardings=f))()
+
+    def insert(self, sampling: bool) -> Callable:
+        """`(prefix, state, slot) -> state`."""
+        return self._program("insert", sampling, lambda f: jax.jit(
+            engine_core.insert, in_shardings=(None, f, None), out_shardings=f, donate_argnums=1))
+
+    def insert_batch(self, sampling: bool) -> Callable:
+        """`(batch, state, rows, slots, settings, count) -> state`."""
+        return self._program("insert_batch", sampling, lambda f: jax.jit(
+            engine_core.insert_batch, in_shardings=(None, f, None, None, None, None), out_shardings=f,
+            donate_argnums=1))
 
 
 def _same_layouts(a: Any, b: Any) -> bool:
     return all(x.layout == y.layout and x.sharding == y.sharding
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-

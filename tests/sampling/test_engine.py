@@ -189,14 +189,15 @@ def test_decode_state_keeps_the_layout_its_programs_were_compiled_for(engine):
     non-default layout (head_dim-major K, as a TPU might pick), outputs are unchanged and nothing relays out."""
     from jax.experimental.layout import Format, Layout
 
-    reqs = [Request([i + 3, 8, 1], SamplingParams(temperature=t, seed=i, max_tokens=9)) for i, t in enumerate([0.0, 1.0, 0.8])]
+    reqs = [Request([i + 3, 8, 1], SamplingParams(temperature=t, seed=i, max_tokens=9))
+            for i, t in enumerate([0.0, 1.0, 0.8])]
     expected = [c.token_ids for c in run_loop(engine, reqs)]
-    chosen = engine._formats()
+    chosen = engine._state.formats(engine.sampling_admitted)
     assert engine.init_decode_state().cache.k[0].format == chosen.cache.k[0]
 
     forced_engine = Engine(init_model(CFG, seed=1), stop_ids=[63], max_slots=8, max_cache_length=64,
                            max_prefill_length=32, decode_steps=4)
-    default = forced_engine._formats()
+    default = forced_engine._state.formats(False)
     transposed = lambda f: Format(Layout(major_to_minor=(0, 1, 3, 2)), f.sharding)  # noqa: E731
     forced = default.replace(cache=default.cache.replace(k=tuple(transposed(f) for f in default.cache.k)))
     forced_engine._state._formats, forced_engine._state._generate = forced, {}
