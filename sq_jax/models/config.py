@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "internlm2")
-SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3")
+# `dynamic` (InternLM2's and Llama 2's dynamic NTK) changes the base only past `max_position_embeddings`: within it
+# it is default RoPE, which is all sq-jax computes (see `exact_length`).
+SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3", "dynamic")
 HEAD_KINDS = ("lm", "score")
 
 # HF architecture names per (family, head): what `config.json` says and `transformers` instantiates.
@@ -67,6 +69,8 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
+    # A reward model's pooling token (internlm2-7b-reward: 92527): appended to every scored sequence and read there.
+    reward_token_id: int | None = None
     # Runtime settings, not part of the checkpoint: parameter storage dtype, matmul/activation dtype, and
     # which activations a rematerialised layer keeps ("none" keeps everything; see transformer.REMAT_POLICIES).
     param_dtype: str = "float32"
@@ -88,6 +92,22 @@ class ModelConfig:
             raise ConfigError(
                 f"unsupported rope scaling type {self.rope_scaling.rope_type!r}; "
                 f"supported: {', '.join(SUPPORTED_ROPE_SCALING)}"
+            )
+
+    @property
+    def exact_length(self) -> int | None:
+        """The longest sequence this port computes exactly as the checkpoint's own code; None: no limit."""
+        if self.rope_scaling is not None and self.rope_scaling.rope_type == "dynamic":
+            return self.max_position_embeddings
+        return None
+
+    def check_length(self, length: int, key: str) -> None:
+        """Refuse `length` (the config `key` that sets it) past `exact_length`."""
+        limit = self.exact_length
+        if limit is not None and length > limit:
+            raise ConfigError(
+                f"{key}={length} exceeds max_position_embeddings={limit} of a model with dynamic RoPE scaling, "
+                f"which sq-jax computes exactly only up to that length; set {key} <= {limit}"
             )
 
     @property
@@ -194,6 +214,7 @@ def from_hf_config(hf: dict[str, Any], *, where: str = "config.json", **runtime:
         bos_token_id=hf.get("bos_token_id"),
         eos_token_id=hf.get("eos_token_id"),
         pad_token_id=hf.get("pad_token_id"),
+        reward_token_id=int(hf["reward_token_id"]) if is_score and hf.get("reward_token_id") is not None else None,
         **runtime,
     )
 
@@ -220,6 +241,8 @@ def to_hf_config(cfg: ModelConfig, *, torch_dtype: str | None = None) -> dict[st
         "pad_token_id": cfg.pad_token_id,
         "torch_dtype": torch_dtype or cfg.param_dtype,
     }
+    if cfg.reward_token_id is not None:
+        hf["reward_token_id"] = cfg.reward_token_id
     if cfg.rope_scaling is not None:
         scaling = dataclasses.asdict(cfg.rope_scaling)
         scaling["type"] = scaling["rope_type"]  # older transformers read `type`

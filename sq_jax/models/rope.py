@@ -15,7 +15,7 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     dim = cfg.head_dim
     inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
     scaling = cfg.rope_scaling
-    if scaling is None or scaling.rope_type == "default":
+    if scaling is None or scaling.rope_type in ("default", "dynamic"):  # dynamic: see ModelConfig.exact_length
         return inv_freq.astype(np.float32)
     if scaling.rope_type == "linear":
         return (inv_freq / scaling.factor).astype(np.float32)

@@ -7,7 +7,9 @@ checkpoints were trained with (see SCALEQUEST.md, sections 1, 3 and 5).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -19,6 +21,7 @@ __all__ = [
     "PROMPT_FORMATS",
     "SOLVER_INSTRUCTION",
     "PromptFormat",
+    "RemoteCodeError",
     "detect_prompt_format",
     "encode_prompt",
     "get_prompt_format",
@@ -257,17 +260,49 @@ def looks_local(path: str) -> bool:
     )
 
 
-def load_tokenizer(path_or_hub_id: str, **kwargs: Any) -> PreTrainedTokenizerBase:
-    """``AutoTokenizer.from_pretrained`` with clear errors for paths that do not exist."""
+class RemoteCodeError(ValueError):
+    """A tokenizer that only its repository's own Python code can load, which the config did not allow."""
+
+
+def _remote_tokenizer_class(path: str) -> str | None:
+    """The `auto_map` class a local tokenizer_config.json names for AutoTokenizer (remote code), if any."""
+    config = os.path.join(path, "tokenizer_config.json")
+    try:
+        with open(config, encoding="utf-8") as f:
+            auto = (json.load(f).get("auto_map") or {}).get("AutoTokenizer")
+    except (OSError, ValueError, AttributeError):
+        return None
+    names = [a for a in (auto if isinstance(auto, list) else [auto]) if a]
+    return names[-1] if names else None
+
+
+def load_tokenizer(path_or_hub_id: str, *, trust_remote_code: bool = False,
+                   setting: str = "trust_remote_code", **kwargs: Any) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer.from_pretrained`` with clear errors for paths that do not exist and for remote code.
+
+    Real InternLM2 checkpoints (internlm2-7b-reward) ship their tokenizer as Python code in the repository
+    (tokenizer_config.json ``auto_map``); it runs only when ``trust_remote_code`` is on, which the caller's config
+    key ``setting`` controls (off by default: it executes code from the model repository).
+    """
     # Imported here so the prompt formats stay usable without paying for a transformers import.
     from transformers import AutoTokenizer
 
     path = os.path.expanduser(str(path_or_hub_id))
     if looks_local(path) and not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer directory not found: {path!r}")
+    remote = _remote_tokenizer_class(path) if os.path.isdir(path) else None
+    if remote and not trust_remote_code:
+        # Checked before transformers, which would otherwise ask on the terminal (and fail without one).
+        raise RemoteCodeError(
+            f"the tokenizer of {path!r} is remote code ({remote} in tokenizer_config.json auto_map): set "
+            f"{setting}: true to run that repository's Python code, after reading it"
+        )
     try:
-        return AutoTokenizer.from_pretrained(path, **kwargs)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
+        if "trust_remote_code" in str(exc) and not trust_remote_code:
+            raise RemoteCodeError(f"the tokenizer of {path!r} needs remote code: set {setting}: true to run "
+                                  f"that repository's Python code ({exc})") from exc
         where = "local directory" if os.path.isdir(path) else "local directory or hub id"
         raise OSError(f"could not load a tokenizer from {where} {path!r}: {exc}") from exc
 
@@ -310,15 +345,46 @@ def stop_token_ids(
     return ids
 
 
-def parse_judge_verdict(text: str) -> bool | None:
-    """True/False from the judge's last ``Final verdict:`` line; None when there is none."""
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip().strip("*`_ ").strip()
-        if line.lower().startswith(JUDGE_VERDICT_PREFIX.lower()):
-            words = line[len(JUDGE_VERDICT_PREFIX):].lower().split()
-            word = words[0].strip("*`_.!:,") if words else ""
-            return {"yes": True, "no": False}.get(word)
-    return None
+# Markup a judge wraps its verdict in: LaTeX boxes and text commands (unwrapped), math delimiters and markdown
+# emphasis / headings / quotes (removed), so `**Final verdict:** Yes`, `Final verdict: \\boxed{Yes}` and
+# `$\\boxed{\\text{Yes}}$` all read as their plain words.
+_LATEX_WRAPPER = re.compile(r"\\(?:boxed|fbox|text|textbf|textit|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+_MARKUP = re.compile(r"\\[()\[\]]|[$*_`#>]")
+_EXPLICIT_VERDICT = re.compile(r"\bverdict\s*(?:is\s*)?[:\-]?\s*(yes|no)\b", re.IGNORECASE)
+_LABELLED_ANSWER = re.compile(
+    r"^(?:(?:so|thus|hence|therefore)\s*,?\s*)?(?:(?:the\s+)?(?:final\s+)?(?:answer|conclusion|judge?ment|result)"
+    r"\s*(?:is\s*)?[:\-]?\s*)?(yes|no)[\s.!]*$", re.IGNORECASE)
+_TRAILING_ANSWER = re.compile(r"(?:\b(?:answer|conclusion|judge?ment)\s*(?:is\s*)?[:\-]?\s*|[:,]\s*)(yes|no)[\s.!]*$",
+                              re.IGNORECASE)
+
+
+def _plain(text: str) -> str:
+    for _ in range(3):  # nested wrappers: \boxed{\text{Yes}}
+        text = _LATEX_WRAPPER.sub(r"\1", text)
+    return _MARKUP.sub("", text)
+
+
+def parse_judge_verdict(text: str, *, fallback: bool = True) -> bool | None:
+    """True/False from the judge's reply; None when it holds no verdict.
+
+    The last ``... verdict: Yes|No`` anywhere decides (markdown, boxes, ``\\text{}``, case and punctuation
+    allowed). Without one, and with ``fallback``, the reply's last non-empty line decides when it is a bare or
+    labelled answer (``Yes.``, ``\\boxed{No}``, ``The answer is: Yes``, ``..., so the answer is no``); a word
+    such as "no" inside prose ("there is no missing data") never counts. A reply cut at the length limit should
+    be read with ``fallback=False``: its last line is mid-reasoning.
+    """
+    plain = _plain(text)
+    explicit = _EXPLICIT_VERDICT.findall(plain)
+    if explicit:
+        return explicit[-1].lower() == "yes"
+    if not fallback:
+        return None
+    lines = [line.strip() for line in plain.splitlines() if line.strip()]
+    if not lines:
+        return None
+    last = lines[-1]
+    match = _LABELLED_ANSWER.match(last) or _TRAILING_ANSWER.search(last)
+    return match.group(1).lower() == "yes" if match else None
 
 
 # Text that only one family's prompts contain: how a prompt built for another model gives itself away.

@@ -1,5 +1,9 @@
 """Batched scalar scoring with a score-head model (the difficulty scorer, the reward model): sequences sorted by
-length into padded buckets, one jitted forward per bucket shape, each read at its last token."""
+length into padded buckets, one jitted forward per bucket shape, each read at its pooling token.
+
+The pooling token is part of the scorer: a model whose config.json has `reward_token_id` (internlm2-7b-reward's
+`get_score` appends token 92527 and reads `v_head` there) gets that token appended to every sequence and is read
+at it; any other is read at its last token, as `*ForSequenceClassification` reads its last non-pad token."""
 
 from __future__ import annotations
 
@@ -26,16 +30,27 @@ def load_scorer(path: str, *, head: str | None = None, dtype: str = "bfloat16", 
     return model
 
 
+def pooled_sequence(tokens: Sequence[int], reward_token_id: int | None, max_length: int | None) -> list[int]:
+    """The ids a scorer reads: `tokens` cut on the left to fit `max_length`, then the pooling token if it has one."""
+    tokens = list(tokens)
+    if reward_token_id is None:
+        return tokens[-max_length:] if max_length else tokens
+    if max_length is not None and max_length < 2:
+        raise ValueError(f"max_length={max_length} leaves no room for the scored text and the reward token")
+    return (tokens[-(max_length - 1):] if max_length else tokens) + [int(reward_token_id)]
+
+
 def score_sequences(model: Transformer, sequences: Sequence[Sequence[int]], *, batch_size: int = 32,
                     bucket: int = 64, max_length: int | None = None) -> np.ndarray:
-    """The first label's score of each token sequence (truncated on the left to `max_length`), in input order."""
+    """The first label's score of each token sequence (truncated on the left to `max_length`), in input order,
+    read at the model's pooling token (see the module docstring)."""
     if not sequences:
         return np.zeros(0, np.float32)
+    if any(len(s) == 0 for s in sequences):
+        raise ValueError("cannot score an empty sequence")
     rows = jax.local_device_count()
     batch_size = -(-batch_size // rows) * rows  # rows shard over every device
-    seqs = [list(s)[-max_length:] if max_length else list(s) for s in sequences]
-    if any(len(s) == 0 for s in seqs):
-        raise ValueError("cannot score an empty sequence")
+    seqs = [pooled_sequence(s, model.config.reward_token_id, max_length) for s in sequences]
     order = np.argsort([len(s) for s in seqs], kind="stable")
     graphdef, state = nnx.split(model)
 

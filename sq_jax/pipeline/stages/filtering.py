@@ -89,6 +89,7 @@ def difficulty(ctx: StageContext, cfg: DifficultyConfig) -> dict[str, Any]:
 
     path = ctx.model("scorer", cfg.model)
     model = load_scorer(path, dtype=cfg.dtype)
+    model.config.check_length(cfg.max_length, f"stages.{ctx.name}.config.max_length")
     tokenizer = load_tokenizer(path)
     fmt = detect_prompt_format(tokenizer)
     rows = ctx.records("questions")

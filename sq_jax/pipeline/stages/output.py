@@ -20,6 +20,18 @@ class RewardConfig:
     dtype: str = "bfloat16"
     batch_size: int = 32
     max_length: int = 4096
+    # Real InternLM2 checkpoints ship their tokenizer as Python code in the repository; it runs only when allowed.
+    trust_remote_code: bool = False
+
+
+def reward_inputs(tokenizer: Any, query: str, response: str) -> list[int]:
+    """Token ids of one (question, response) as internlm2-7b-reward's `get_score` builds them: the chat template
+    rendered as text, then encoded without special tokens (the template writes its own BOS). The pooling token is
+    appended by the scorer (`pooled_sequence`)."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": query},
+                                          {"role": "assistant", "content": response}],
+                                         tokenize=False, add_generation_prompt=False)
+    return list(tokenizer.encode(text, add_special_tokens=False))
 
 
 def _majority(answers: list[str | None]) -> tuple[str | None, float]:
@@ -40,16 +52,15 @@ def reward(ctx: StageContext, cfg: RewardConfig) -> dict[str, Any]:
     from sq_jax.pipeline.scoring import describe, load_scorer, score_sequences
 
     path = ctx.model("model", cfg.model)
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(path, trust_remote_code=cfg.trust_remote_code,
+                               setting=f"stages.{ctx.name}.config.trust_remote_code")
     if not getattr(tokenizer, "chat_template", None):
         raise ctx.error(f"the tokenizer of reward model {path} has no chat template; a reward model scores a "
                         "conversation in its own format, so it needs one (tokenizer_config.json: chat_template)")
     model = load_scorer(path, head=cfg.head, dtype=cfg.dtype)
+    model.config.check_length(cfg.max_length, f"stages.{ctx.name}.config.max_length")
     rows = ctx.records("responses")
-    encoded = [tokenizer.apply_chat_template([{"role": "user", "content": r["query"]},
-                                              {"role": "assistant", "content": r["response"]}], tokenize=True)
-               for r in rows]
-    encoded = [list(e["input_ids"]) if isinstance(e, dict) or hasattr(e, "keys") else list(e) for e in encoded]
+    encoded = [reward_inputs(tokenizer, r["query"], r["response"]) for r in rows]
     scores = score_sequences(model, encoded, batch_size=cfg.batch_size, max_length=cfg.max_length)
     groups: dict[str, list[int]] = collections.defaultdict(list)
     for i, r in enumerate(rows):
@@ -64,7 +75,10 @@ def reward(ctx: StageContext, cfg: RewardConfig) -> dict[str, Any]:
                      "majority_answer": majority, "majority_share": share, "num_responses": len(members),
                      "response_id": rows[top]["id"]})
     ctx.write_records(best)
-    return {"responses": len(rows), "questions": len(best), "rewards": describe(scores)}
+    extra = model.config.reward_token_id is not None
+    return {"responses": len(rows), "questions": len(best), "rewards": describe(scores),
+            "pooling_token": model.config.reward_token_id if extra else "last",
+            "truncated": sum(len(e) + extra > cfg.max_length for e in encoded)}
 
 
 @dataclasses.dataclass(frozen=True)
