@@ -170,7 +170,9 @@ PROMPT_FORMATS: dict[str, PromptFormat] = {
         assistant_turn="<|im_start|>assistant\n{content}<|im_end|>\n",
         assistant_start="<|im_start|>assistant\n",
         query_end="<|im_end|>",
-        stop_strings=("<|im_end|>", "<|endoftext|>"),
+        # <|im_start|> as the authors stop synthesis: a generator that runs past its end-of-turn would write a
+        # second turn into the question.
+        stop_strings=("<|im_end|>", "<|endoftext|>", "<|im_start|>"),
         default_system=_QWEN_SYSTEM,
     ),
     # DeepSeekMath-RL/Instruct. ScaleQuest ends QFT questions with "\n\n" + EOS, which is what the
@@ -183,7 +185,8 @@ PROMPT_FORMATS: dict[str, PromptFormat] = {
         assistant_turn="Assistant: {content}" + _DS_EOS,
         assistant_start="Assistant:",
         query_end="\n\n" + _DS_EOS,
-        stop_strings=(_DS_EOS,),
+        # BOS too, as the authors stop synthesis: a run-on generator starts a new conversation with it.
+        stop_strings=(_DS_EOS, _DS_BOS),
     ),
     # Llama-3-Instruct (no default system message, as in the 3.0 template).
     "llama3": PromptFormat(

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import time
 from collections.abc import Sequence
@@ -167,36 +166,40 @@ class ChatResult:
     text: str | None
     error: str | None
     cached: bool = False
+    # "stop", or "length" when the reply hit max_tokens (never a chosen question: its final section may be cut).
+    finish_reason: str | None = None
 
 
 class ChatBackend(Protocol):
     def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]: ...
 
 
-def _reply_text(body: str) -> tuple[str | None, str | None]:
-    """(content, None) from a chat-completions response body, or (None, why it is unusable)."""
+def _reply_text(body: str) -> tuple[str | None, str | None, str | None]:
+    """(content, finish_reason, None) from a chat-completions response body, or (None, None, why it is unusable)."""
     try:
         data = json.loads(body)
     except json.JSONDecodeError as e:
-        return None, f"malformed JSON in the response ({e.msg} at char {e.pos}): {body[:80]!r}"
+        return None, None, f"malformed JSON in the response ({e.msg} at char {e.pos}): {body[:80]!r}"
     choices = data.get("choices") if isinstance(data, dict) else None
     if not isinstance(choices, list) or not choices:
-        return None, f"response has no choices: {body[:120]!r}"
+        return None, None, f"response has no choices: {body[:120]!r}"
     message = choices[0].get("message") if isinstance(choices[0], dict) else None
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str) or not content.strip():
-        return None, "response has empty content"
-    return content, None
+        return None, None, "response has empty content"
+    finish = choices[0].get("finish_reason")
+    return content, finish if isinstance(finish, str) else None, None
 
 
 class OpenAIBackend:
-    """An OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, ...) with retries, a thread pool and a cache.
+    """An OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, `sq-jax serve`, ...) with a thread pool and an
+    on-disk cache.
 
-    Successful replies are cached as one JSON file per request, keyed by everything that determines the reply,
-    so a rerun never pays twice; errors are not cached, so a rerun retries them.
+    Retries are the `openai` client's own (`max_retries`, `timeout`): it retries 408/409/429/5xx, timeouts and
+    dropped connections with exponential backoff and jitter, and honours `Retry-After`. Successful replies are
+    cached as one JSON file per request, keyed by everything that determines the reply, so a rerun never pays
+    twice; errors are not cached, so a rerun retries them.
     """
-
-    RETRY_STATUS = frozenset({408, 409, 429})  # plus every 5xx
 
     def __init__(
         self,
@@ -207,12 +210,9 @@ class OpenAIBackend:
         max_retries: int = 5,
         concurrency: int = 8,
         cache_dir: str | Path | None = None,
-        temperature: float = 0.7,
-        max_tokens: int = 1024,
+        temperature: float = 0.0,
+        max_tokens: int = 4096,
         seed: int | None = 0,
-        *,
-        backoff_s: float = 1.0,
-        max_backoff_s: float = 60.0,
     ):
         key = os.environ.get(api_key_env, "")
         if not key:
@@ -225,20 +225,17 @@ class OpenAIBackend:
         import openai  # here, so the rest of sq-jax never needs the client installed
 
         self._openai = openai
-        # The client's own retries are off: ours are explicit, tested, and log what they retry.
-        self._client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=timeout_s)
+        self._client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=max_retries, timeout=timeout_s)
         self.model, self.timeout_s, self.max_retries, self.concurrency = model, timeout_s, max_retries, concurrency
         self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
-        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._rng = random.Random()
 
     def cache_key(self, messages: list[dict[str, str]]) -> str:
         fields = {"model": self.model, "messages": messages, "temperature": self.temperature,
                   "max_tokens": self.max_tokens, "seed": self.seed}
         return hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
-    def _cache_get(self, key: str) -> str | None:
+    def _cache_get(self, key: str) -> tuple[str, str | None] | None:
         path = self.cache_dir / f"{key}.json" if self.cache_dir else None
         if path is None or not path.is_file():
             return None
@@ -248,56 +245,38 @@ class OpenAIBackend:
             log.warning("optimise: ignoring unreadable cache file %s (%s)", path, e)
             return None
         text = entry.get("text") if isinstance(entry, dict) and entry.get("key") == key else None
-        return text if isinstance(text, str) and text else None
+        return (text, entry.get("finish_reason")) if isinstance(text, str) and text else None
 
-    def _cache_put(self, key: str, messages: list[dict[str, str]], text: str) -> None:
+    def _cache_put(self, key: str, messages: list[dict[str, str]], text: str, finish: str | None) -> None:
         if self.cache_dir is None:
             return
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         entry = {"key": key, "model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
-                 "seed": self.seed, "messages": messages, "text": text}
+                 "seed": self.seed, "messages": messages, "text": text, "finish_reason": finish}
         # Written under a unique temp name, then renamed: a killed run never leaves a half-written entry.
         tmp = self.cache_dir / f".{key}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         tmp.write_text(json.dumps(entry, ensure_ascii=False, indent=1), encoding="utf-8")
         os.replace(tmp, self.cache_dir / f"{key}.json")
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_backoff_s)
-        # Full exponential growth with jitter, so many workers hitting one rate limit do not retry in lockstep.
-        return min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)) * self._rng.uniform(0.5, 1.0)
-
-    def _call(self, messages: list[dict[str, str]]) -> tuple[str | None, str | None]:
-        """(text, None) or (None, error) after at most 1 + max_retries attempts; never raises for the service."""
+    def _call(self, messages: list[dict[str, str]]) -> tuple[str | None, str | None, str | None]:
+        """(text, finish_reason, None) or (None, None, error) once the client's retries are spent; never raises
+        for the service."""
         oa = self._openai
         kwargs: dict[str, Any] = dict(model=self.model, messages=messages, temperature=self.temperature,
-                                      max_tokens=self.max_tokens, timeout=self.timeout_s)
+                                      max_tokens=self.max_tokens)
         if self.seed is not None:
             kwargs["seed"] = self.seed
-        last, retry_after = "", None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self._delay(attempt, retry_after))
-            retry_after = None
-            try:
-                raw = self._client.chat.completions.with_raw_response.create(**kwargs)
-            except oa.APIStatusError as e:
-                last = f"HTTP {e.status_code}: {str(e)[:200]}"
-                if e.status_code not in self.RETRY_STATUS and e.status_code < 500:
-                    return None, last  # a bad request or key: retrying cannot help
-                try:
-                    retry_after = float(e.response.headers.get("retry-after", ""))
-                except ValueError:
-                    retry_after = None
-            except oa.APITimeoutError:
-                last = f"timed out after {self.timeout_s} s"
-            except oa.APIConnectionError as e:
-                last = f"connection error: {e.__cause__ or e}"
-            else:
-                # Parsed by hand: a malformed body becomes an error result instead of a client exception.
-                return _reply_text(raw.text)
-            log.info("optimise: attempt %d/%d failed (%s)", attempt + 1, self.max_retries + 1, last)
-        return None, f"gave up after {self.max_retries + 1} attempts: {last}"
+        attempts = f"after {self.max_retries + 1} attempts"
+        try:
+            raw = self._client.chat.completions.with_raw_response.create(**kwargs)
+        except oa.APIStatusError as e:  # a 4xx the client does not retry, or a retryable status to the end
+            return None, None, f"HTTP {e.status_code} ({attempts} at most): {str(e)[:200]}"
+        except oa.APITimeoutError:
+            return None, None, f"timed out after {self.timeout_s} s, {attempts}"
+        except oa.APIConnectionError as e:
+            return None, None, f"connection error {attempts}: {e.__cause__ or e}"
+        # Parsed by hand: a malformed body becomes an error result instead of a client exception.
+        return _reply_text(raw.text)
 
     def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         """One result per request, in request order; identical requests are sent (and paid for) once."""
@@ -305,24 +284,24 @@ class OpenAIBackend:
         todo: dict[str, list[int]] = {}
         for i, request in enumerate(requests):
             key = self.cache_key(request.messages)
-            text = self._cache_get(key)
-            if text is not None:
-                results[i] = ChatResult(request.id, text, None, cached=True)
+            hit = self._cache_get(key)
+            if hit is not None:
+                results[i] = ChatResult(request.id, hit[0], None, cached=True, finish_reason=hit[1])
             else:
                 todo.setdefault(key, []).append(i)
 
-        def work(key: str) -> tuple[str, str | None, str | None]:
+        def work(key: str) -> tuple[str, str | None, str | None, str | None]:
             messages = requests[todo[key][0]].messages
-            text, error = self._call(messages)
+            text, finish, error = self._call(messages)
             if text is not None:
-                self._cache_put(key, messages, text)
-            return key, text, error
+                self._cache_put(key, messages, text, finish)
+            return key, text, finish, error
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool, \
                 tqdm(total=len(todo), desc="optimise", unit="req", disable=None) as bar:
-            for key, text, error in pool.map(work, list(todo)):
+            for key, text, finish, error in pool.map(work, list(todo)):
                 for i in todo[key]:
-                    results[i] = ChatResult(requests[i].id, text, error, cached=False)
+                    results[i] = ChatResult(requests[i].id, text, error, cached=False, finish_reason=finish)
                 bar.update(1)
         return [r for r in results if r is not None]
 
@@ -363,7 +342,8 @@ class LocalBackend:
                 results[done.id] = ChatResult(rid, None, done.error or "engine error")
                 continue
             text, _ = cut_at_stop(tokenizer.decode(done.token_ids), list(fmt.stop_strings))
-            results[done.id] = ChatResult(rid, text, None) if text.strip() else ChatResult(rid, None, "empty reply")
+            results[done.id] = (ChatResult(rid, text, None, finish_reason=done.finish_reason) if text.strip()
+                                else ChatResult(rid, None, "empty reply"))
         return [r for r in results if r is not None]
 
 
@@ -380,7 +360,8 @@ def optimise(
 
     Each question goes one of `directions` (the paper: both, half each), chosen per question by `choose_direction`.
 
-    Every input id ends in exactly one of: `pairs`, `errors`, `dropped_unparsable`, `dropped_unchanged`.
+    Every input id ends in exactly one of: `pairs`, `errors`, `dropped_truncated` (the reply hit max_tokens: its
+    final question may be cut, so it is never a chosen side), `dropped_unparsable`, `dropped_unchanged`.
     """
     allowed = check_directions(directions)
     requests, originals, picked = [], [], []
@@ -400,8 +381,8 @@ def optimise(
         requests.append(ChatRequest(rid, optimiser_messages(question, direction)))
         originals.append(question)
         picked.append(direction)
-    stats = {name: 0 for name in ("requests", "cached", "errors", "dropped_unparsable", "dropped_unchanged",
-                                  "pairs")}
+    stats = {name: 0 for name in ("requests", "cached", "errors", "dropped_truncated", "dropped_unparsable",
+                                  "dropped_unchanged", "pairs")}
     stats |= {f"{kind}_{d}": 0 for kind in ("requests", "pairs") for d in DIRECTIONS}
     results = backend.complete(requests)
     if [r.id for r in results] != [r.id for r in requests]:
@@ -415,6 +396,9 @@ def optimise(
         if result.text is None:
             stats["errors"] += 1
             examples.append(f"{request.id}: {result.error}")
+            continue
+        if result.finish_reason == "length":
+            stats["dropped_truncated"] += 1
             continue
         rewrite = parse_final_question(result.text)
         if rewrite is None:

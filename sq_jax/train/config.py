@@ -77,7 +77,7 @@ class OptimSection:
     final_lr_ratio: float = 0.0
     weight_decay: float = 0.0
     b1: float = 0.9
-    b2: float = 0.95
+    b2: float = 0.999  # Hugging Face's (and the authors' runs') AdamW default
     eps: float = 1e-8
     clip_norm: float | None = 1.0
 

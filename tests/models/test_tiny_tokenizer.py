@@ -164,9 +164,9 @@ def test_deterministic(texts, tok) -> None:
 def test_detect_and_stop_ids(tok) -> None:
     assert detect_prompt_format(tok) is QWEN
     ids = stop_token_ids(tok, QWEN)
-    assert set(ids) == {tok.convert_tokens_to_ids("<|im_end|>"),
-                        tok.convert_tokens_to_ids("<|endoftext|>")}
-    assert set(ids) == {0, 2}
+    assert set(ids) == {tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>"),
+                        tok.convert_tokens_to_ids("<|im_start|>")}
+    assert set(ids) == {0, 1, 2}
     with pytest.raises(ValueError, match="<｜end▁of▁sentence｜>"):
         stop_token_ids(tok, PROMPT_FORMATS["deepseek"])
 

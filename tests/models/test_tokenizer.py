@@ -52,7 +52,8 @@ def test_qwen_strings_match_paper() -> None:
         "What is 1+1?\nPlease reason step by step, and put your final answer within \\boxed{}."
         "<|im_end|>\n<|im_start|>assistant\n"
     )
-    assert fmt.stop_strings == ("<|im_end|>", "<|endoftext|>")
+    # The authors' synthesis stops: <|im_start|> too, so a run-on generator never writes a second turn.
+    assert fmt.stop_strings == ("<|im_end|>", "<|endoftext|>", "<|im_start|>")
 
 
 def test_deepseek_strings_match_paper() -> None:
@@ -65,7 +66,7 @@ def test_deepseek_strings_match_paper() -> None:
         "<｜begin▁of▁sentence｜>User: What is 1+1?\nPlease reason step by step, and put your "
         "final answer within \\boxed{}.\n\nAssistant:"
     )
-    assert fmt.stop_strings == ("<｜end▁of▁sentence｜>",)
+    assert fmt.stop_strings == ("<｜end▁of▁sentence｜>", "<｜begin▁of▁sentence｜>")  # the authors stop on BOS too
 
 
 def test_llama3_and_mistral_templates() -> None:
@@ -205,7 +206,7 @@ def test_stop_token_ids_deepseek_and_missing() -> None:
         ["<unk>", "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "User:"],
         eos_token="<｜end▁of▁sentence｜>",
     )
-    assert stop_token_ids(tok, PROMPT_FORMATS["deepseek"]) == [2]
+    assert stop_token_ids(tok, PROMPT_FORMATS["deepseek"]) == [2, 1]  # EOS, then BOS (a new conversation)
     with pytest.raises(ValueError, match=r"<\|im_end\|>"):
         stop_token_ids(tok, PROMPT_FORMATS["qwen"])
     # Non-strict skips the missing strings but still stops at EOS.

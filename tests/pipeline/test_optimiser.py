@@ -35,12 +35,14 @@ KEY_ENV = "SQ_TEST_OPTIMISER_KEY"
 class FakeOpenAI:
     """A chat-completions server: each request takes the next scripted behaviour, else `respond(body)`.
 
-    Behaviours: ("reply", text), ("status", code), ("sleep", seconds) then a reply, ("raw", body string)."""
+    Behaviours: ("reply", text), ("status", code), ("sleep", seconds) then a reply, ("raw", body string),
+    ("retry_after", seconds) (a 429 with that Retry-After header), ("truncated", text) (finish_reason length)."""
 
     def __init__(self) -> None:
         self.script: collections.deque = collections.deque()
         self.respond: Callable[[dict], tuple] = lambda body: ("reply", "### Final Question\nWhat is 1 + 1?")
         self.requests: list[tuple[dict, dict]] = []  # (headers, body) in arrival order
+        self.arrivals: list[float] = []
         self.lock = threading.Lock()
         fake = self
 
@@ -48,10 +50,12 @@ class FakeOpenAI:
             def log_message(self, *args: object) -> None:  # keep test output clean
                 pass
 
-            def send(self, code: int, payload: str) -> None:
+            def send(self, code: int, payload: str, headers: dict[str, str] | None = None) -> None:
                 data = payload.encode()
                 try:
                     self.send_response(code)
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, value)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
@@ -65,16 +69,21 @@ class FakeOpenAI:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with fake.lock:
                     fake.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                    fake.arrivals.append(time.perf_counter())
                     behaviour = fake.script.popleft() if fake.script else None
                 kind, arg = behaviour or fake.respond(body)
                 if kind == "status":
                     return self.send(arg, json.dumps({"error": {"message": f"scripted {arg}", "type": "x"}}))
                 if kind == "raw":
                     return self.send(200, arg)
+                if kind == "retry_after":
+                    return self.send(429, json.dumps({"error": {"message": "slow down", "type": "x"}}),
+                                     {"Retry-After": str(arg)})
+                finish = "length" if kind == "truncated" else "stop"
                 if kind == "sleep":
                     time.sleep(arg)
                     arg = "### Final Question\ntoo late"
-                choice = {"index": 0, "message": {"role": "assistant", "content": arg}, "finish_reason": "stop"}
+                choice = {"index": 0, "message": {"role": "assistant", "content": arg}, "finish_reason": finish}
                 self.send(200, json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 0,
                                            "model": body["model"], "choices": [choice]}))
 
@@ -99,7 +108,7 @@ def fake(monkeypatch: pytest.MonkeyPatch):
 
 def backend(fake: FakeOpenAI, **overrides) -> OpenAIBackend:
     kwargs = dict(model="gpt-test", base_url=fake.url, api_key_env=KEY_ENV, timeout_s=5, max_retries=3,
-                  concurrency=4, backoff_s=0.01, max_backoff_s=0.05)
+                  concurrency=4)
     return OpenAIBackend(**(kwargs | overrides))
 
 
@@ -203,7 +212,7 @@ def test_retries_429_then_500_then_succeeds(fake: FakeOpenAI):
     fake.script.extend([("status", 429), ("status", 500)])
     req = request("a")
     [result] = backend(fake, temperature=0.0, max_tokens=77, seed=5).complete([req])
-    assert result == ChatResult("a", "### Final Question\nWhat is 1 + 1?", None, cached=False)
+    assert result == ChatResult("a", "### Final Question\nWhat is 1 + 1?", None, cached=False, finish_reason="stop")
     assert len(fake.requests) == 3
     headers, body = fake.requests[-1]
     assert headers["authorization"] == "Bearer sk-test"
@@ -214,7 +223,7 @@ def test_retries_429_then_500_then_succeeds(fake: FakeOpenAI):
 def test_gives_up_after_max_retries_and_skips_hopeless_statuses(fake: FakeOpenAI):
     fake.respond = lambda body: ("status", 503)
     [result] = backend(fake, max_retries=2).complete([request("a")])
-    assert result.text is None and "gave up after 3 attempts" in result.error and "503" in result.error
+    assert result.text is None and "HTTP 503 (after 3 attempts" in result.error
     assert len(fake.requests) == 3
     fake.respond = lambda body: ("status", 400)
     [result] = backend(fake).complete([request("b")])
@@ -226,9 +235,27 @@ def test_timeout_is_retried_then_an_error_result(fake: FakeOpenAI):
     fake.respond = lambda body: ("sleep", 1.0)
     start = time.perf_counter()
     [result] = backend(fake, timeout_s=0.3, max_retries=1).complete([request("slow")])
-    assert time.perf_counter() - start < 1.5
+    assert time.perf_counter() - start < 3.0  # two 0.3 s attempts and the client's backoff, not two 1 s replies
     assert result.id == "slow" and result.text is None and "timed out" in result.error
     assert len(fake.requests) == 2
+
+
+def test_the_clients_retries_honour_retry_after(fake: FakeOpenAI):
+    fake.script.append(("retry_after", 2))
+    [result] = backend(fake).complete([request("a")])
+    assert result.text is not None and len(fake.requests) == 2
+    assert fake.arrivals[1] - fake.arrivals[0] >= 1.9  # waited as told, not the client's sub-second backoff
+
+
+def test_a_reply_cut_at_max_tokens_is_never_a_chosen_question(fake: FakeOpenAI, tmp_path: Path):
+    fake.respond = lambda body: (("truncated", "### Analysis\nLong...\n### Final Question\nIf a train leaves")
+                                 if "cut" in question_of(body) else ("reply", "### Final Question\nWhole rewrite?"))
+    records = [{"id": "cut", "question": "cut question"}, {"id": "ok", "question": "ok question"}]
+    pairs, stats = optimise(records, backend(fake, cache_dir=tmp_path), seed=0)
+    assert [p["id"] for p in pairs] == ["ok"]
+    assert stats["dropped_truncated"] == 1 and stats["pairs"] == 1
+    again, stats = optimise(records, backend(fake, cache_dir=tmp_path), seed=0)  # from the cache: still dropped
+    assert stats["cached"] == 2 and stats["dropped_truncated"] == 1 and [p["id"] for p in again] == ["ok"]
 
 
 def test_malformed_replies_are_error_results(fake: FakeOpenAI):
@@ -312,7 +339,8 @@ def test_optimise_end_to_end(fake: FakeOpenAI, tmp_path: Path):
         assert sent[r["question"]] == optimiser_messages(r["question"], directions[r["id"]])
     per = collections.Counter(directions.values())
     pair_dirs = collections.Counter(p["direction"] for p in pairs)
-    assert stats == {"requests": 8, "cached": 0, "errors": 3, "dropped_unparsable": 1, "dropped_unchanged": 1,
+    assert stats == {"requests": 8, "cached": 0, "errors": 3, "dropped_truncated": 0, "dropped_unparsable": 1,
+                     "dropped_unchanged": 1,
                      "pairs": 3, "requests_solvability": per["solvability"], "requests_difficulty": per["difficulty"],
                      "pairs_solvability": pair_dirs["solvability"], "pairs_difficulty": pair_dirs["difficulty"]}
     assert len(fake.requests) == 8
@@ -386,5 +414,6 @@ def test_optimise_with_local_backend_accounts_for_every_record(local_backend: Lo
     records = [{"id": f"t{i}", "question": f"What is {i} times {i + 1}?"} for i in range(3)]
     pairs, stats = optimise(records, local_backend, seed=1)
     assert stats["requests"] == 3
-    assert stats["errors"] + stats["dropped_unparsable"] + stats["dropped_unchanged"] + stats["pairs"] == 3
+    assert (stats["errors"] + stats["dropped_truncated"] + stats["dropped_unparsable"] + stats["dropped_unchanged"]
+            + stats["pairs"]) == 3
     assert len(pairs) == stats["pairs"]

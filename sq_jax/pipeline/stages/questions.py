@@ -71,9 +71,11 @@ class OptimiseConfig:
     model: str | None = None  # local backend: a model path; default the `model` input's export
     openai: OpenAISection = dataclasses.field(default_factory=OpenAISection)
     engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_tokens: int = 1024
+    # The authors' optimiser (GPT-4o-mini) runs greedy with room for 4096 tokens; a reply cut at the limit is
+    # dropped and counted (`dropped_truncated`), never a chosen question.
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 4096
     limit: int | None = None
     # The paper rewrites half the questions for solvability and half for difficulty; one name restricts to it.
     directions: tuple[Literal["solvability", "difficulty"], ...] = ("solvability", "difficulty")
