@@ -18,6 +18,7 @@ MATH evaluation). ``jsonl:PATH`` loads any JSONL with a ``question_field`` / ``a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from sq_jax.data.sources import DataError, Record, read_records
 from sq_jax.eval.extract import extract_answer, gsm8k_gold
 from sq_jax.eval.grading import GradeRequest
 
-__all__ = ["BENCHMARKS", "BenchmarkItem", "MATH_SUBJECTS", "load_benchmark"]
+__all__ = ["BENCHMARKS", "BenchmarkItem", "MATH_SUBJECTS", "benchmark_path", "load_benchmark"]
 
 BENCHMARKS = ("gsm8k", "math", "math500", "college_math", "olympiadbench")
 MATH_SUBJECTS = (
@@ -151,6 +152,31 @@ def _read(
             break
         records += read_records(spec, fields=fields, field_map=field_map, split=split, limit=left)
     return records
+
+
+# Benchmarks the hub has no copy of: they are read from a local file or not at all.
+LOCAL_ONLY = ("college_math",)
+
+
+def benchmark_path(name: str, *, data_dir: str | None = None, paths: dict[str, str] | None = None,
+                   prefix: str = "") -> str | None:
+    """The local test file of benchmark `name`: `paths[name]`, else `<data_dir>/<name>/test.jsonl`, else None (the
+    hub). A local-only benchmark with neither, or a named file that is missing, is an error naming the config key
+    (`prefix` + `paths.<name>` or `data_dir`)."""
+    if name.startswith("jsonl:"):
+        return None
+    if paths and name in paths:
+        path, key = os.path.expanduser(paths[name]), f"{prefix}paths.{name}"
+    elif data_dir:
+        path, key = os.path.join(os.path.expanduser(data_dir), name, "test.jsonl"), f"{prefix}data_dir"
+    elif name in LOCAL_ONLY:
+        raise FileNotFoundError(f"{name} has no hub copy: set {prefix}paths.{name} to its local test.jsonl (the "
+                                "Qwen2.5-Math evaluation suite's evaluation/data/college_math/test.jsonl)")
+    else:
+        return None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{key}: the test file of {name}, {path}, does not exist")
+    return path
 
 
 def load_benchmark(

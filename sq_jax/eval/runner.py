@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sq_jax.data.sources import read_records, write_jsonl
-from sq_jax.eval.benchmarks import BenchmarkItem, load_benchmark
+from sq_jax.eval.benchmarks import BenchmarkItem, benchmark_path, load_benchmark
 from sq_jax.eval.equivalence import normalize_answer
 from sq_jax.eval.grading import GradeRequest, grade_many
 from sq_jax.parallel.distributed import is_lead, sync
@@ -38,6 +38,7 @@ class EvalConfig:
     output_dir: str
     benchmarks: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_BENCHMARKS))
     data_dir: str | None = None  # local copies at <data_dir>/<benchmark>/test.jsonl instead of the hub
+    paths: dict[str, str] = dataclasses.field(default_factory=dict)  # benchmark -> its local test file (wins)
     limit: int | None = None  # first N questions of each benchmark
     samples: int = 1  # k answers per question (pass@k, maj@k)
     temperature: float = 0.0  # greedy by default, as the paper; k > 1 needs a temperature
@@ -59,12 +60,10 @@ class EvalConfig:
             raise ValueError("samples > 1 with temperature 0 would repeat one greedy answer; set a temperature")
 
 
-def load_items(cfg: EvalConfig) -> dict[str, list[BenchmarkItem]]:
+def load_items(cfg: EvalConfig, prefix: str = "") -> dict[str, list[BenchmarkItem]]:
     items = {}
     for name in cfg.benchmarks:
-        path = None
-        if cfg.data_dir and not name.startswith("jsonl:"):
-            path = str(Path(cfg.data_dir) / name / "test.jsonl")
+        path = benchmark_path(name, data_dir=cfg.data_dir, paths=cfg.paths, prefix=prefix)
         items[name] = load_benchmark(name, path=path, limit=cfg.limit)
     return items
 

@@ -47,6 +47,8 @@ def validate(cfg: PipelineConfig, kinds: dict[str, Any], where: str) -> None:
         kind = kinds[spec.kind]
         missing = [r for r in kind.required_inputs if r not in spec.inputs]
         unknown = [r for r in spec.inputs if r not in kind.required_inputs + kind.optional_inputs]
+        if kind.any_inputs:
+            missing, unknown = ([] if spec.inputs else ["(at least one, under any role name)"]), []
         if missing or unknown:
             raise ConfigError(f"{where}: stage {name!r} ({spec.kind}) needs inputs {list(kind.required_inputs)}"
                               f" (optional {list(kind.optional_inputs)}); missing {missing}, unknown {unknown}")
@@ -54,7 +56,12 @@ def validate(cfg: PipelineConfig, kinds: dict[str, Any], where: str) -> None:
             if upstream not in seen:
                 raise ConfigError(f"{where}: stage {name!r} input {role!r} is {upstream!r}, which is not an "
                                   "earlier stage (stages run in the order written)")
-        stage_config(kind.config, spec, name, where)
+        typed = stage_config(kind.config, spec, name, where)
+        if kind.check_inputs is not None:
+            try:
+                kind.check_inputs(typed, spec.inputs)
+            except ValueError as e:
+                raise ConfigError(f"{where}: stage {name!r} ({spec.kind}): {e}") from None
         seen.add(name)
 
 

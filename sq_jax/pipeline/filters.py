@@ -242,13 +242,16 @@ class Decontaminator:
         names: Sequence[str] = ("gsm8k", "math500", "college_math", "olympiadbench"),
         data_dir: str | None = None,
         n: int = 13,
+        paths: dict[str, str] | None = None,
+        prefix: str = "",
     ) -> Decontaminator:
-        """Index the test questions of ``names`` (from ``{data_dir}/{name}/test.jsonl``, else the hub)."""
-        from sq_jax.eval.benchmarks import load_benchmark  # eval imports grading deps; load only when used
+        """Index the test questions of ``names`` (``paths[name]``, else ``{data_dir}/{name}/test.jsonl``, else the
+        hub); a benchmark with no hub copy and no local file is an error naming ``prefix`` + the key."""
+        from sq_jax.eval.benchmarks import benchmark_path, load_benchmark  # eval imports grading deps
 
         texts = {}
         for name in names:
-            path = f"{data_dir}/{name}/test.jsonl" if data_dir else None
+            path = benchmark_path(name, data_dir=data_dir, paths=paths, prefix=prefix)
             texts[name] = [item.question for item in load_benchmark(name, path=path)]
         return cls(texts, n=n)
 

@@ -73,11 +73,13 @@ class Kind:
     optional_inputs: tuple[str, ...] = ()
     produces: str = "records"  # records | model | report
     collective: bool = False  # runs in every process of a multi-host job (see StageContext)
+    any_inputs: bool = False  # inputs under any role names (at least one), e.g. the sets a mix combines
+    check_inputs: Callable[[Any, dict[str, str]], None] | None = None  # (typed config, inputs): ValueError if wrong
 
 
 # Imported last: the stage modules use the classes above.
-from sq_jax.pipeline.stages import filtering, generation, output, questions, training  # noqa: E402
+from sq_jax.pipeline.stages import filtering, generation, mixing, output, questions, training  # noqa: E402
 
 KINDS: dict[str, Kind] = {}
-for _module in (questions, generation, filtering, training, output):
+for _module in (questions, generation, filtering, mixing, training, output):
     KINDS.update(_module.KINDS)

@@ -56,11 +56,14 @@ class DecontaminationConfig:
     benchmarks: list[str] = dataclasses.field(
         default_factory=lambda: ["gsm8k", "math500", "college_math", "olympiadbench"])
     data_dir: str | None = None  # local copies at <data_dir>/<name>/test.jsonl; None: the hub
+    # benchmark -> its local test file, over data_dir; college_math has no hub copy and needs one of the two
+    paths: dict[str, str] = dataclasses.field(default_factory=dict)
     n: int = 13
 
 
 def contamination(ctx: StageContext, cfg: DecontaminationConfig) -> dict[str, Any]:
-    index = Decontaminator.from_benchmarks(cfg.benchmarks, data_dir=cfg.data_dir, n=cfg.n)
+    index = Decontaminator.from_benchmarks(cfg.benchmarks, data_dir=cfg.data_dir, n=cfg.n, paths=cfg.paths,
+                                           prefix=f"stages.{ctx.name}.config.")
     kept, dropped = decontaminate(ctx.records("questions"), "question", index)
     per = {}
     for d in dropped:

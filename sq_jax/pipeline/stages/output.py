@@ -135,6 +135,7 @@ class EvalStageConfig:
     benchmarks: list[str] = dataclasses.field(
         default_factory=lambda: ["gsm8k", "math500", "college_math", "olympiadbench"])
     data_dir: str | None = None
+    paths: dict[str, str] = dataclasses.field(default_factory=dict)  # benchmark -> local test file (college_math)
     limit: int | None = None
     max_tokens: int = 2048
     engine: EngineSettings = dataclasses.field(
@@ -144,10 +145,14 @@ class EvalStageConfig:
 
 
 def evaluate(ctx: StageContext, cfg: EvalStageConfig) -> dict[str, Any]:
+    from sq_jax.eval.benchmarks import benchmark_path
     from sq_jax.eval.runner import EvalConfig, run_eval
 
+    for name in cfg.benchmarks:  # before any model loads: a missing local file names this stage's key
+        benchmark_path(name, data_dir=cfg.data_dir, paths=cfg.paths, prefix=f"stages.{ctx.name}.config.")
     report = run_eval(EvalConfig(model=ctx.model("model", cfg.model), output_dir=str(ctx.dir),
-                                 benchmarks=list(cfg.benchmarks), data_dir=cfg.data_dir, limit=cfg.limit,
+                                 benchmarks=list(cfg.benchmarks), data_dir=cfg.data_dir, paths=dict(cfg.paths),
+                                 limit=cfg.limit,
                                  max_tokens=cfg.max_tokens, engine=cfg.engine, backend=cfg.backend),
                       collective=ctx.collective)
     return {name: round(m["accuracy"], 2) for name, m in report["metrics"].items()}
