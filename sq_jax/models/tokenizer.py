@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 __all__ = [
+    "JUDGE_PROMPTS",
     "JUDGE_VERDICT_PREFIX",
     "PROMPT_FORMATS",
     "SOLVER_INSTRUCTION",
@@ -52,6 +53,20 @@ _JUDGE_TEMPLATE = (
     f"either `{JUDGE_VERDICT_PREFIX} Yes` if every point holds, or `{JUDGE_VERDICT_PREFIX} No` "
     "if any point fails."
 )
+
+# The authors' solvability instruction (yyDing1/ScaleQuest, src/data_generation/question_filtering/
+# language_solvability_check.py), byte for byte (tabs included): the paper configs' judge prompt. It asks only to
+# "conclude with either 'Yes' or 'No'", so its verdicts are read by `parse_judge_verdict`'s last-line fallback.
+_PAPER_JUDGE_TEMPLATE = (
+    "Please act as a professional math teacher.\n"
+    "Your goal is to determine if the given problem is a valuable math problem. You need to consider two aspects:\n"
+    "1.\tThe given problem is a math problem.\n"
+    "2.\tThe given math problem can be solved based on the conditions provided in the problem (You can first try "
+    "to solve it and then judge its solvability).\n\n"
+    "Please reason step by step and conclude with either 'Yes' or 'No'.\n\n"
+    "Given Problem: {question}"
+)
+JUDGE_PROMPTS = {"sq-jax": _JUDGE_TEMPLATE, "paper": _PAPER_JUDGE_TEMPLATE}
 
 _ROLES = ("system", "user", "assistant")
 _CONTENT = "{content}"
@@ -103,9 +118,12 @@ class PromptFormat:
         content = f"{question}\n{SOLVER_INSTRUCTION}"
         return self.chat([{"role": "user", "content": content}], add_generation_prompt=True)
 
-    def judge_prompt(self, question: str) -> str:
-        """The solvability judge's prompt; parse the reply with :func:`parse_judge_verdict`."""
-        content = _JUDGE_TEMPLATE.replace("{question}", question)
+    def judge_prompt(self, question: str, style: str = "sq-jax") -> str:
+        """The solvability judge's prompt (`style`: a key of `JUDGE_PROMPTS`); parse the reply with
+        :func:`parse_judge_verdict`."""
+        if style not in JUDGE_PROMPTS:
+            raise ValueError(f"unknown judge prompt {style!r}; expected one of {sorted(JUDGE_PROMPTS)}")
+        content = JUDGE_PROMPTS[style].replace("{question}", question)
         return self.chat([{"role": "user", "content": content}], add_generation_prompt=True)
 
     def chat(

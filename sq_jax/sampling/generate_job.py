@@ -45,6 +45,7 @@ class PromptSection:
     field: str = "question"  # the field holding the question (solver, judge) or the full prompt (text)
     id_field: str = "id"
     limit: int | None = None
+    judge_prompt: Literal["sq-jax", "paper"] = "sq-jax"  # judge mode: models/tokenizer.JUDGE_PROMPTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +90,8 @@ def build_prompts(cfg: GenerateConfig, fmt: PromptFormat) -> list[tuple[str, str
     if p.mode == "pre_query":
         return [(f"q{i:09d}", fmt.pre_query_template, {}) for i in range(p.count)]
     records = read_records(p.path, fields=[p.field], limit=p.limit)
-    render = {"solver": fmt.solver_prompt, "judge": fmt.judge_prompt, "text": lambda text: text}[p.mode]
+    render = {"solver": fmt.solver_prompt, "judge": lambda q: fmt.judge_prompt(q, p.judge_prompt),
+              "text": lambda text: text}[p.mode]
     out, seen = [], set()
     for r in records:
         pid = str(r.data.get(p.id_field, f"{Path(r.source).name}:{r.line}"))

@@ -29,7 +29,7 @@ def pipeline(output_dir: Path) -> dict:
         "tiny": {"kind": "tiny_model"},
         "questions": {"kind": "synthesize", "inputs": {"model": "tiny"},
                       "config": {"count": 96, "sampling": {"temperature": 1.0, "top_p": 0.99, "max_tokens": 32},
-                                 **GENERATION}},
+                                 "keep_truncated": True, **GENERATION}},  # the raw tiny model rarely ends in 32
         "judged": {"kind": "judge", "inputs": {"questions": "questions", "model": "tiny"},
                    "config": {"sampling": {"temperature": 0.7, "max_tokens": 24}, "on_no_verdict": "keep",
                               **GENERATION}},

@@ -69,13 +69,22 @@ def test_tiny_pipeline_runs_every_stage_and_leaves_its_artifacts(notebook_run, s
     assert stages["qpo"]["stats"]["eval"]["reward_accuracy"] > 0.5
     assert stages["qpo"]["stats"]["data"]["records"] > optimised["pairs"]  # the rewrites plus the toy pairs
 
-    # Question sets after each filter shrink monotonically and every drop is counted with its reason.
-    chain = ["questions", "language", "solvable", "difficulty", "dedup", "decontaminate"]
+    # Question sets after each filter shrink monotonically and every drop is counted with its reason; the cheap
+    # filters run before the judge, as in the 7B configs.
+    chain = ["questions", "language", "dedup", "decontaminate", "solvable", "difficulty"]
     sizes = [stages[s]["counts"]["records"] for s in chain]
     assert sizes == sorted(sizes, reverse=True) and sizes[-1] > 0
     for before, after in zip(chain, chain[1:]):
         assert stages[after]["stats"]["kept"] == stages[after]["counts"]["records"]
         assert stages[after]["stats"]["input"] == stages[before]["counts"]["records"]
+    judge = stages["solvable"]["stats"]
+    assert judge["verdict_yes"] + judge["verdict_no"] + judge["no_verdict"] == judge["input"]
+    assert judge["truncated"] == judge["finish"]["length"]
+    report_md = (out / "report.md").read_text()
+    judge_row = next(line for line in report_md.splitlines() if line.startswith("| solvable |"))
+    for key in ("verdict_yes=", "verdict_no=", "no_verdict=", "truncated="):
+        assert key in judge_row, judge_row
+    assert "dropped_length=" in next(line for line in report_md.splitlines() if line.startswith("| questions |"))
     for generation in ("qpo_questions", "questions", "solvable", "labels", "responses"):
         assert stages[generation]["stats"]["last_run_tokens_per_s"] > 0
         assert stages[generation]["stats"]["last_run_requests_per_s"] > 0

@@ -32,10 +32,12 @@ class GenerationConfig:
 @dataclasses.dataclass(frozen=True)
 class SynthesisConfig(GenerationConfig):
     count: int = 1000  # questions to synthesise from the pre-query template
+    # A question cut at max_tokens is dropped (counted); keeping it is for tests of the machinery only.
+    keep_truncated: bool = False
 
 
 def generate(ctx: StageContext, cfg: GenerationConfig, mode: str, rows: list[dict] | None = None,
-             count: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+             count: int = 0, judge_prompt: str = "sq-jax") -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Outputs of the offline job in request order, and its throughput stats."""
     prompts = PromptSection(mode=mode, count=count)
     if rows is not None:
@@ -44,7 +46,7 @@ def generate(ctx: StageContext, cfg: GenerationConfig, mode: str, rows: list[dic
             write_jsonl(path, ({"id": r["id"], "question": r["question"]} for r in rows))
         if ctx.collective:
             sync(f"prompts:{path}")
-        prompts = PromptSection(mode=mode, path=str(path), field="question", id_field="id")
+        prompts = PromptSection(mode=mode, path=str(path), field="question", id_field="id", judge_prompt=judge_prompt)
     sampling = dataclasses.replace(cfg.sampling, seed=cfg.sampling.seed + ctx.seed)
     job = GenerateConfig(model=ctx.model("model", cfg.model), output_dir=str(ctx.dir / "generate"), prompts=prompts,
                          samples_per_prompt=cfg.samples, sampling=sampling, engine=cfg.engine, backend=cfg.backend,
@@ -67,41 +69,83 @@ def _inputs(ctx: StageContext, cfg: GenerationConfig, role: str = "questions") -
     return rows[: cfg.limit] if cfg.limit is not None else rows
 
 
+def finished_questions(outputs: list[dict[str, Any]], stage: str, keep_truncated: bool = False,
+                       ) -> tuple[list[dict], list[dict], int]:
+    """(questions, questions cut at max_tokens, errors) from synthesis outputs, ids `<stage>-<prompt id>`.
+
+    A question that stopped on `max_tokens` never ended (it has no end-of-question token): it is set apart, before
+    any filter or the judge spends time on it."""
+    rows, truncated, errors = [], [], 0
+    for o in outputs:
+        if o["finish_reason"] == "error":
+            errors += 1
+            continue
+        row = {"id": f"{stage}-{o['prompt_id']}", "question": o["output"].strip(), "finish": o["finish_reason"]}
+        (truncated if o["finish_reason"] == "length" and not keep_truncated else rows).append(row)
+    return rows, truncated, errors
+
+
 def synthesize(ctx: StageContext, cfg: SynthesisConfig) -> dict[str, Any]:
-    """Questions from nothing: the pre-query template, prefilled once and sampled `count` times."""
+    """Questions from nothing: the pre-query template, prefilled once and sampled `count` times. Questions cut at
+    `max_tokens` are dropped, counted (`dropped_length`) and kept in `dropped.jsonl` for inspection."""
     outputs, stats = generate(ctx, cfg, "pre_query", count=cfg.count)
-    rows = [{"id": f"{ctx.name}-{o['prompt_id']}", "question": o["output"].strip(), "finish": o["finish_reason"]}
-            for o in outputs if o["finish_reason"] != "error"]
-    stats["errors"] = len(outputs) - len(rows)
+    rows, truncated, stats["errors"] = finished_questions(outputs, ctx.name, keep_truncated=cfg.keep_truncated)
+    stats["dropped_length"] = len(truncated)
+    if ctx.writer:
+        write_jsonl(ctx.dir / "dropped.jsonl", ({**r, "reason": "length"} for r in truncated))
     stats["questions"] = ctx.write_records(rows)
     return stats
 
 
 @dataclasses.dataclass(frozen=True)
 class JudgeConfig(GenerationConfig):
-    # A reply without a final verdict line is dropped; `keep` exists for judges too small to follow the format
-    # (the tiny default), so the stage still runs end to end. Either way it is counted.
+    # A reply without a verdict is dropped; `keep` exists for judges too small to follow the format (the tiny
+    # default), so the stage still runs end to end. Either way it is counted.
     on_no_verdict: Literal["drop", "keep"] = "drop"
+    # "sq-jax": a checklist ending in a `Final verdict: Yes|No` line; "paper": the authors' instruction, which asks
+    # only to "conclude with either 'Yes' or 'No'" (read from the reply's last line).
+    prompt: Literal["sq-jax", "paper"] = "sq-jax"
+
+
+def tally_verdicts(rows: list[dict[str, Any]], outputs: dict[str, dict[str, Any]], on_no_verdict: str = "drop",
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """(kept, dropped with reasons, counts) from the judge's output per question id.
+
+    A reply cut at `max_tokens` (finish `length`) counts only an explicit `verdict:` it already wrote: its last
+    line is mid-reasoning. Counts: verdict_yes / verdict_no / no_verdict (every reply is one), truncated, and
+    dropped_unsolvable / dropped_no_verdict; `on_no_verdict: keep` keeps replies without a verdict.
+    """
+    counts = {"input": len(rows), "kept": 0, "verdict_yes": 0, "verdict_no": 0, "no_verdict": 0, "truncated": 0,
+              "dropped_unsolvable": 0, "dropped_no_verdict": 0}
+    kept, dropped = [], []
+    for r in rows:
+        output = outputs[r["id"]]
+        truncated = output["finish_reason"] == "length"
+        counts["truncated"] += truncated
+        verdict = parse_judge_verdict(output["output"], fallback=not truncated)
+        counts["verdict_yes" if verdict else "verdict_no" if verdict is False else "no_verdict"] += 1
+        if verdict is None and on_no_verdict == "keep":
+            verdict = True
+        if verdict is True:
+            kept.append(r)
+            continue
+        reason = "unsolvable" if verdict is False else "no_verdict"
+        counts[f"dropped_{reason}"] += 1
+        dropped.append({**r, "reason": reason, "judge_finish": output["finish_reason"],
+                        "judge_reply_end": output["output"][-400:]})
+    counts["kept"] = len(kept)
+    return kept, dropped, counts
 
 
 def judge(ctx: StageContext, cfg: JudgeConfig) -> dict[str, Any]:
-    """Solvability filter: the judge reasons, then a final verdict line; only that line decides."""
+    """Solvability filter: the judge reasons, then gives its verdict (`parse_judge_verdict`, `tally_verdicts`).
+    Dropped questions go to `dropped.jsonl` with the reason and the reply's end."""
     rows = _inputs(ctx, cfg)
-    outputs, stats = generate(ctx, cfg, "judge", rows)
-    by_id = {o["prompt_id"]: o for o in outputs}
-    kept, counts = [], {"input": len(rows), "kept": 0, "dropped_unsolvable": 0, "dropped_no_verdict": 0}
-    for r in rows:
-        verdict = parse_judge_verdict(by_id[r["id"]]["output"])
-        if verdict is None:
-            counts["no_verdict"] = counts.get("no_verdict", 0) + 1
-            if cfg.on_no_verdict == "keep":
-                verdict = True
-        if verdict is True:
-            kept.append(r)
-            counts["kept"] += 1
-        else:
-            counts["dropped_unsolvable" if verdict is False else "dropped_no_verdict"] += 1
+    outputs, stats = generate(ctx, cfg, "judge", rows, judge_prompt=cfg.prompt)
+    kept, dropped, counts = tally_verdicts(rows, {o["prompt_id"]: o for o in outputs}, cfg.on_no_verdict)
     ctx.write_records(kept)
+    if ctx.writer:
+        write_jsonl(ctx.dir / "dropped.jsonl", dropped)
     return {**stats, **counts}
 
 
