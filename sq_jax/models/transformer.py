@@ -141,6 +141,13 @@ class DecoderLayer(nnx.Module):
         return constrain(x, ("batch", "length", "act_embed")), kv
 
 
+def _remat_layer(layer: DecoderLayer, policy, *args):
+    """The layer under `jax.checkpoint` as a pure function of its state. Not `nnx.remat`: it refuses a layer whose
+    params come from two traces, as when only some are differentiated (LoRA adapters over a frozen base)."""
+    graphdef, state = nnx.split(layer)
+    return jax.checkpoint(lambda s, *a: nnx.merge(graphdef, s)(*a), policy=policy)(state, *args)
+
+
 class Output(NamedTuple):
     """`logits` [b, t, vocab] for an LM head, per-token scores [b, t, num_labels] for a score head."""
 
@@ -190,9 +197,7 @@ class Transformer(nnx.Module):
             cache_kv = (cache.k[i], cache.v[i]) if cache is not None else None
             offsets_i = cache.lengths if cache is not None else None
             if cfg.remat != "none":
-                x, (k, v) = nnx.remat(DecoderLayer.__call__, policy=policy)(
-                    layer, x, positions, mask, cache_kv, offsets_i
-                )
+                x, (k, v) = _remat_layer(layer, policy, x, positions, mask, cache_kv, offsets_i)
             else:
                 x, (k, v) = layer(x, positions, mask, cache_kv, offsets_i)
             new_k.append(k)

@@ -93,6 +93,29 @@ class MeshSection:
     process_id: int | None = None
 
 
+# The projection kernels LoRA can adapt (models/transformer.py names).
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSection:
+    """LoRA adapters (train/lora.py): only they are trained (and a fresh score head); the base stays frozen, in
+    model.param_dtype (bfloat16 halves it). Adapters are float32."""
+
+    rank: int = 16
+    alpha: float = 32.0
+    targets: tuple[str, ...] = PROJECTIONS
+    dropout: float = 0.0
+    export_adapter: bool = True  # also write <output_dir>/adapter in PEFT's format beside the merged hf/
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
+        unknown = [t for t in self.targets if t not in PROJECTIONS]
+        if unknown or not self.targets:
+            raise ValueError(f"lora.targets {list(self.targets)}: choose from {', '.join(PROJECTIONS)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckpointSection:
     dir: str | None = None  # default: <output_dir>/checkpoints
@@ -112,6 +135,7 @@ class TrainConfig:
     mesh: MeshSection = dataclasses.field(default_factory=MeshSection)
     checkpoint: CheckpointSection = dataclasses.field(default_factory=CheckpointSection)
     preference: PreferenceSection = dataclasses.field(default_factory=PreferenceSection)
+    lora: LoraSection | None = None  # set: train LoRA adapters instead of every weight
     global_batch_size: int = 32  # packed rows per optimizer step, all hosts together
     micro_batch_size: int | None = None  # rows per forward/backward; None = global (no accumulation)
     epochs: int = 1

@@ -44,23 +44,27 @@ def batch_sharding(mesh: Mesh, accumulated: bool) -> NamedSharding:
 
 
 def make_train_step(
-    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn, shardings: tuple[Any, Any], mesh: Mesh
+    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn, shardings: tuple[Any, Any], mesh: Mesh,
+    frozen_shardings: Any = None,
 ) -> Callable:
-    """step(params, opt_state, batch[accum, micro, len]) -> (params, opt_state, metrics); state donated."""
+    """step(params, opt_state, batch[accum, micro, len]) -> (params, opt_state, metrics); state donated.
+
+    With `frozen_shardings` (LoRA: the base weights) the step takes a fourth argument, the frozen state: merged
+    into the model, never differentiated, never donated."""
     param_shardings, opt_shardings = shardings
 
-    def loss(p, micro):
-        loss_sum, stats = loss_fn(nnx.merge(graphdef, p), micro)
+    def loss(p, frozen, micro):
+        loss_sum, stats = loss_fn(nnx.merge(graphdef, p, *frozen), micro)
         return loss_sum, {"loss": loss_sum, **stats}
 
-    def step(params, opt_state, batch):
+    def step(params, opt_state, batch, frozen):
         def micro_step(carry, micro):
             grads_acc, sums_acc = carry
-            (_, sums), grads = jax.value_and_grad(loss, has_aux=True)(params, micro)
+            (_, sums), grads = jax.value_and_grad(loss, has_aux=True)(params, frozen, micro)
             return (jax.tree.map(jnp.add, grads_acc, grads), jax.tree.map(jnp.add, sums_acc, sums)), None
 
         first = jax.tree.map(lambda x: x[0], batch)
-        sums_shape = jax.eval_shape(loss, params, first)[1]
+        sums_shape = jax.eval_shape(loss, params, frozen, first)[1]
         init = (jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape))
         (grad_sum, sums), _ = jax.lax.scan(micro_step, init, batch)
         denom = jnp.maximum(sums["count"], 1.0)
@@ -69,19 +73,38 @@ def make_train_step(
         new_params = optax.apply_updates(params, updates)
         return new_params, new_opt_state, {**means(sums), "grad_norm": optax.global_norm(grads)}
 
-    return jax.jit(
+    jitted = jax.jit(
         step,
-        in_shardings=(param_shardings, opt_shardings, batch_sharding(mesh, accumulated=True)),
+        in_shardings=(param_shardings, opt_shardings, batch_sharding(mesh, accumulated=True),
+                      (frozen_shardings,) if frozen_shardings is not None else ()),
         out_shardings=(param_shardings, opt_shardings, None),
         donate_argnums=(0, 1),
     )
+    return _frozen_last(jitted, frozen_shardings is not None)
 
 
-def make_eval_step(graphdef: nnx.GraphDef, loss_fn: LossFn, param_shardings: Any, mesh: Mesh) -> Callable:
-    """eval(params, batch[rows, len]) -> sums of the loss ("loss") and of the task's statistics."""
+def _frozen_last(jitted: Any, has_frozen: bool) -> Callable:
+    """The jitted step called as step(*args[, frozen]); its `lower` too (the memory plan compiles the step)."""
 
-    def step(params, batch):
-        loss_sum, stats = loss_fn(nnx.merge(graphdef, params), batch)
+    def pack(args: tuple) -> tuple:
+        return (*args[:-1], (args[-1],)) if has_frozen else (*args, ())
+
+    def step(*args):
+        return jitted(*pack(args))
+
+    step.lower = lambda *args: jitted.lower(*pack(args))
+    return step
+
+
+def make_eval_step(graphdef: nnx.GraphDef, loss_fn: LossFn, param_shardings: Any, mesh: Mesh,
+                   frozen_shardings: Any = None) -> Callable:
+    """eval(params, batch[rows, len]) -> sums of the loss ("loss") and of the task's statistics (a third argument,
+    the frozen state, with `frozen_shardings`)."""
+
+    def step(params, batch, frozen):
+        loss_sum, stats = loss_fn(nnx.merge(graphdef, params, *frozen), batch)
         return {"loss": loss_sum, **stats}
 
-    return jax.jit(step, in_shardings=(param_shardings, batch_sharding(mesh, accumulated=False)))
+    jitted = jax.jit(step, in_shardings=(param_shardings, batch_sharding(mesh, accumulated=False),
+                                         (frozen_shardings,) if frozen_shardings is not None else ()))
+    return _frozen_last(jitted, frozen_shardings is not None)

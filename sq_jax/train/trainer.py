@@ -25,6 +25,7 @@ from sq_jax.parallel import distributed
 from sq_jax.parallel.mesh import make_mesh
 from sq_jax.train.checkpointing import Checkpointer
 from sq_jax.train.config import TrainConfig
+from sq_jax.train.lora import add_adapters, merged_params, save_peft_adapter, trainable_filter
 from sq_jax.train.metrics import MetricsWriter, device_peak_tflops, training_flops_per_token
 from sq_jax.train.optim import make_optimizer
 from sq_jax.train.reference import ReferenceScorer, cache_key, load_cached, save_cached
@@ -97,14 +98,16 @@ class Trainer:
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.tx, self.schedule = make_optimizer(cfg.optim, self.total_steps)
-        self.graphdef, self.params = nnx.split(self.model, nnx.Param)
+        self._split_trainable()
         self.opt_state = self._on_mesh(jax.jit(self.tx.init)(self.params))
-        shard_of = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
-        self.param_shardings = shard_of(self.params)
+        self.param_shardings = _shardings(self.params)
+        frozen_shardings = _shardings(self.frozen) if self.frozen is not None else None
         self.train_step = make_train_step(
-            self.graphdef, self.tx, self.task.loss_fn, (self.param_shardings, shard_of(self.opt_state)), self.mesh
+            self.graphdef, self.tx, self.task.loss_fn, (self.param_shardings, _shardings(self.opt_state)), self.mesh,
+            frozen_shardings,
         )
-        self.eval_step = make_eval_step(self.graphdef, self.task.loss_fn, self.param_shardings, self.mesh)
+        self.eval_step = make_eval_step(self.graphdef, self.task.loss_fn, self.param_shardings, self.mesh,
+                                        frozen_shardings)
         self.reference: ReferenceScorer | None = None
         if self.task.needs_reference:
             self._setup_reference()
@@ -118,6 +121,20 @@ class Trainer:
         self.metrics = MetricsWriter(self.output_dir, tensorboard=cfg.tensorboard)
         self.flops_per_token = training_flops_per_token(self.model.config, self.seq_len)
         self.peak = device_peak_tflops(override=cfg.peak_tflops_per_device)
+
+    def _split_trainable(self) -> None:
+        """params: what the optimizer updates (every weight, or LoRA's adapters and a score head); frozen: the
+        rest (LoRA's base, passed to each step, never copied); base_graphdef: the model without adapters."""
+        self.base_graphdef = nnx.graphdef(self.model)
+        self.frozen = None
+        if self.cfg.lora is None:
+            self.graphdef, self.params = nnx.split(self.model, nnx.Param)
+            return
+        self.model = add_adapters(self.model, self.cfg.lora, self.mesh, self.cfg.seed)
+        self.graphdef, self.params, self.frozen = nnx.split(self.model, trainable_filter(self.model), nnx.Param)
+
+    def _frozen_args(self) -> tuple:
+        return () if self.frozen is None else (self.frozen,)
 
     def _on_mesh(self, tree):
         """Optimizer moments inherit their param's sharding; scalars (step counts) are replicated on the mesh."""
@@ -194,13 +211,18 @@ class Trainer:
         either precomputed log-probs for every pair (cached beside the run) or an online scorer."""
         pref, cfg = self.cfg.preference, self.cfg
         path = pref.reference_path or cfg.model.path
-        if path == cfg.model.path:
+        graphdef, shardings = self.graphdef, self.param_shardings
+        if path == cfg.model.path and self.frozen is not None:
+            # LoRA: the reference is the frozen base with the adapters left out; no second copy of the weights.
+            graphdef, params, shardings = self.base_graphdef, self.frozen, _shardings(self.frozen)
+        elif path == cfg.model.path:
             # Training donates the policy's buffers, so an online reference needs its own copy.
             params = jax.tree.map(jax.numpy.copy, self.params) if pref.reference == "online" else self.params
         else:
             ref_model = load_model(path, mesh=self.mesh, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype)
-            params = nnx.split(ref_model, nnx.Param)[1]
-        scorer = ReferenceScorer(self.graphdef, params, self.param_shardings, self.mesh, pref.max_pairs_per_row)
+            graphdef, params = nnx.split(ref_model, nnx.Param)
+            shardings = _shardings(params)
+        scorer = ReferenceScorer(graphdef, params, shardings, self.mesh, pref.max_pairs_per_row)
         if pref.reference == "online":
             self.reference = scorer
             return
@@ -245,6 +267,8 @@ class Trainer:
                  "batch": [c.global_batch_size, c.epochs, c.max_steps, c.seed]}
         if c.task == "qpo":
             parts["preference"] = to_dict(c.preference)
+        if c.lora is not None:
+            parts["lora"] = to_dict(c.lora)
         return config_hash(parts)
 
     def _save(self, force: bool = False) -> None:
@@ -261,7 +285,7 @@ class Trainer:
         totals: dict[str, float] = {}
         for batch in eval_batches(self.eval_examples, self.seq_len, per_host, self._pad_id(), _global_max):
             device = self._device_batch(batch, accumulated=False, keys=self.eval_examples.batch_keys)
-            for k, v in jax.device_get(self.eval_step(self.params, device)).items():
+            for k, v in jax.device_get(self.eval_step(self.params, device, *self._frozen_args())).items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         mean = means(totals)
         return {k: float(v) for k, v in self.task.summarize(mean).items()}
@@ -278,7 +302,8 @@ class Trainer:
         while self.step < self.total_steps:
             host_batch = next(iterator)
             batch = self._device_batch(host_batch, accumulated=True)
-            self.params, self.opt_state, metrics = self.train_step(self.params, self.opt_state, batch)
+            self.params, self.opt_state, metrics = self.train_step(self.params, self.opt_state, batch,
+                                                                       *self._frozen_args())
             self.step += 1
             self.data_state = iterator.get_state()
             pending.append((self.step, metrics))
@@ -337,13 +362,26 @@ class Trainer:
         return metrics
 
     def current_model(self):
-        return nnx.merge(self.graphdef, self.params)
+        """The trained model (with LoRA: the adapters folded into the base weights)."""
+        if self.frozen is None:
+            return nnx.merge(self.graphdef, self.params)
+        adapters, trained = nnx.split_state(self.params, nnx.LoRAParam, ...)
+        base = nnx.merge_state(self.frozen, trained)
+        return nnx.merge(self.base_graphdef, merged_params(base, adapters, self.cfg.lora))
 
     def export(self, out_dir: Path) -> Path:
         out = save_pretrained(self.current_model(), out_dir, dtype=self.cfg.model.param_dtype)
         if jax.process_index() == 0:
             copy_side_files(self.model_dir, out)
+        lora = self.cfg.lora
+        if lora is not None and lora.export_adapter and self.model.config.head != "score":
+            adapters = nnx.split_state(self.params, nnx.LoRAParam, ...)[0]
+            save_peft_adapter(adapters, self.model.config, lora, self.output_dir / "adapter", str(self.cfg.model.path))
         return out
+
+
+def _shardings(tree: Any) -> Any:
+    return jax.tree.map(lambda x: x.sharding, tree)
 
 
 def _global_max(value: int) -> int:
