@@ -45,6 +45,12 @@ def _sample(args: argparse.Namespace) -> None:
         print(json.dumps({"prompt": prompt, "output": tokenizer.decode(tokens, skip_special_tokens=False)}))
 
 
+def _plan(args: argparse.Namespace) -> None:
+    from sq_jax.pipeline.plan import report
+
+    print(report(args.config, args.overrides, args.device))
+
+
 def _train(args: argparse.Namespace) -> None:
     from sq_jax.configlib import load_config
     from sq_jax.train.config import TrainConfig
@@ -140,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config")
         p.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=1e-5 max_steps=100")
         p.set_defaults(func=_train)
+
+    p = sub.add_parser("plan", help="memory per chip of every stage (params, grads, optimizer, activations, KV "
+                                    "cache); exits 2 naming what to change if a stage does not fit")
+    p.add_argument("config", help="a pipeline or training config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--device", default="v5e-1", help="v5e-1, v6e-1, v5e-8, v4-8, v5p-16, ... (default v5e-1)")
+    p.set_defaults(func=_plan)
 
     p = sub.add_parser("pipeline", help="the whole ScaleQuest method as resumable stages (run | status)")
     p.add_argument("action", choices=("run", "status"))

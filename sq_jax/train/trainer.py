@@ -26,6 +26,7 @@ from sq_jax.parallel.mesh import make_mesh
 from sq_jax.train.checkpointing import Checkpointer
 from sq_jax.train.config import TrainConfig
 from sq_jax.train.lora import add_adapters, merged_params, save_peft_adapter, trainable_filter
+from sq_jax.train.memory_plan import refuse_if_too_big
 from sq_jax.train.metrics import MetricsWriter, device_peak_tflops, training_flops_per_token
 from sq_jax.train.optim import make_optimizer
 from sq_jax.train.reference import ReferenceScorer, cache_key, load_cached, save_cached
@@ -88,6 +89,7 @@ class Trainer:
             remat=cfg.model.remat, **({"head": cfg.model.head} if cfg.model.head else {}),
         )
         self.model_dir = Path(getattr(self.model, "model_dir", cfg.model.path))
+        refuse_if_too_big(cfg, self.model.config)  # before the first step runs out of memory
         self.tokenizer = load_tokenizer(str(self.model_dir))
         fmt_name = cfg.model.prompt_format
         self.prompt_format = get_prompt_format(fmt_name) if fmt_name else detect_prompt_format(self.tokenizer)
