@@ -155,3 +155,20 @@ def test_lora_resumes_after_sigkill_with_the_same_losses(micro_model, tmp_path):
     got = train_losses(tmp_path / "killed")
     assert sorted(got) == list(range(1, 15))
     np.testing.assert_allclose([got[s] for s in got], [expected[s] for s in got], atol=1e-6)
+
+
+def test_lora_scorer_trains_adapters_and_its_fresh_score_head_and_exports_a_score_model(micro_model, tmp_path):
+    from sq_jax.models.hf_io import load_pretrained
+
+    scorer = {"task": "scorer", "model.head": "score", "max_steps": 3, "checkpoint.export_hf": True,
+              "data.sources": [{"path": "procedural:120:4", "field_map": {"score": "steps"}}], "data.max_length": 96}
+    trainer = Trainer(make_config(micro_model, tmp_path, **LORA, **scorer))
+    names = {str(p[-1]) for p, _ in nnx.to_flat_state(trainer.params)}
+    assert "score" in names and all(n == "score" or "_lora_" in n for n in names)
+    head_before = np.asarray(trainer.params["score"][...])
+    trainer.train()
+    assert np.abs(np.asarray(trainer.params["score"][...]) - head_before).max() > 0
+    exported = load_pretrained(tmp_path / "hf")
+    assert exported.config.head == "score" and not (tmp_path / "adapter").exists()  # PEFT has no score-head LoRA
+    tokens = jnp.arange(3, 35, dtype=jnp.int32).reshape(2, 16)
+    np.testing.assert_allclose(np.asarray(exported(tokens).logits), _adapted_logits(trainer, tokens), atol=2e-5)
