@@ -33,6 +33,8 @@ class EngineSettings:
     mesh_data: int = 1
     mesh_fsdp: int = 1
     mesh_tensor: int = -1
+    # A tokenizer shipped as Python code in the model repository (InternLM2) runs only when allowed.
+    trust_remote_code: bool = False
 
 
 def build_engine(model_path: str, settings: EngineSettings, default_sampling: SamplingParams,
@@ -41,7 +43,8 @@ def build_engine(model_path: str, settings: EngineSettings, default_sampling: Sa
     # This host's devices only: on a multi-host slice each host serves its own share of the requests.
     mesh = make_mesh(settings.mesh_data, settings.mesh_fsdp, settings.mesh_tensor, devices=jax.local_devices())
     model = load_model(model_path, mesh=mesh, dtype=settings.dtype, param_dtype=settings.dtype)
-    tokenizer = load_tokenizer(str(getattr(model, "model_dir", model_path)))
+    tokenizer = load_tokenizer(str(getattr(model, "model_dir", model_path)),
+                               trust_remote_code=settings.trust_remote_code, setting="engine.trust_remote_code")
     fmt = get_prompt_format(settings.prompt_format) if settings.prompt_format else detect_prompt_format(tokenizer)
     kwargs = dict(
         stop_ids=stop_token_ids(tokenizer, fmt), max_slots=settings.max_slots,
