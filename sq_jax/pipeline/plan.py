@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from sq_jax.train.config import TrainConfig
 from sq_jax.train.memory_plan import (
     Device, StagePlan, format_plans, generation_plan, parse_device, too_big, train_plan, train_shape,
 )
+
+log = logging.getLogger(__name__)
 
 _GENERATION_KINDS = ("synthesize", "judge", "respond", "difficulty_labels", "eval")
 
@@ -66,11 +69,18 @@ class _Pipeline:
         upstream = spec.inputs.get(role)
         return self.produced.get(upstream) if upstream else None
 
-    def plans(self) -> list[StagePlan]:
+    def plans(self, strict: bool = True) -> list[StagePlan]:
+        """Every stage's plan; not `strict`: a stage whose model shape cannot be found is left out."""
         out = []
         for name, spec in self.cfg.stages.items():
             config = stage_config(self.kinds[spec.kind].config, spec, name, "plan")
-            plan = self._stage(name, spec, config)
+            try:
+                plan = self._stage(name, spec, config)
+            except ValueError as e:
+                if strict:
+                    raise
+                log.warning("memory plan: stage %s left out (%s)", name, e)
+                continue
             if plan is not None:
                 out.append(plan)
         return out
@@ -125,3 +135,18 @@ def report(path: str | Path, overrides: list[str] | tuple[str, ...], device_name
     if problems:
         raise ValueError(f"{path} does not fit {device.name}:\n" + "\n".join(problems) + "\n\n" + table)
     return table
+
+
+def refuse_unfit_stages(cfg: PipelineConfig, stages: list[str]) -> None:
+    """At the start of a run on chips that report their memory (TPU, GPU): stop before the first stage if one of
+    `stages` would not fit, naming what to change. CPUs report none and are never refused."""
+    import jax
+
+    limit = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+    if not limit:
+        return
+    device = Device(f"this {jax.local_devices()[0].device_kind}", jax.device_count(), int(limit))
+    plans = [p for p in _Pipeline(cfg, device).plans(strict=False) if p.stage in stages]
+    problems = [p for p in (too_big(plan, device, headroom=1.0) for plan in plans) if p]
+    if problems:
+        raise ValueError("\n".join(problems) + "\n\n" + format_plans(plans, device))

@@ -22,6 +22,7 @@ from typing import Any
 from sq_jax.configlib import config_hash
 from sq_jax.parallel.distributed import failed_processes, is_lead, sync
 from sq_jax.pipeline.config import PipelineConfig, stage_config
+from sq_jax.pipeline.plan import refuse_unfit_stages
 from sq_jax.pipeline.stages import KINDS, StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ def run_pipeline(cfg: PipelineConfig, *, only: str | None = None, start: str | N
         out.mkdir(parents=True, exist_ok=True)
     fps = fingerprints(cfg)
     selected = _select(cfg, only, start, until)
+    refuse_unfit_stages(cfg, selected)  # before hours of earlier stages, not at the stage that runs out of memory
     for name in selected:
         spec = cfg.stages[name]
         stage_dir = out / name

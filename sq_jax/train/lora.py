@@ -133,7 +133,8 @@ def save_peft_adapter(adapters: nnx.State, model_config: Any, cfg: LoraSection, 
     base model (lora_A [rank, in], lora_B [out, rank], scaling alpha / rank)."""
     from safetensors.numpy import save_file
 
-    from sq_jax.models.hf_io import _to_host
+    def _to_host(x: jax.Array) -> np.ndarray:  # adapters are replicated: every host holds them whole
+        return np.asarray(x.addressable_data(0))
 
     names = _peft_names(model_config)
     tensors = {}

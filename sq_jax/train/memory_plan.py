@@ -136,7 +136,7 @@ def train_plan(cfg: ModelConfig, shape: TrainShape, stage: str = "train") -> Sta
     rows = {
         "params": int(total * pbytes / shape.param_shards + (trainable * 4 if shape.lora_rank else 0)),
         "gradients": int((2 if shape.grad_accum > 1 else 1) * train_bytes / shards),
-        "optimizer": int(2 * trainable * 4 / shards),  # AdamW's two moments in float32
+        "optimizer": int(2 * train_bytes / shards),  # AdamW's two moments, in the trained weights' dtype
         "activations": int(tokens * (kept + layer + logits) / shape.tensor),
     }
     notes = (f"{trainable / 1e6:.1f}M trainable of {total / 1e6:.1f}M params",)

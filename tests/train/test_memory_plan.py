@@ -13,7 +13,8 @@ import yaml
 from sq_jax.cli import main
 from sq_jax.configlib import from_dict
 from sq_jax.models.tiny import tiny_config
-from sq_jax.pipeline.plan import model_shape, plan_config
+from sq_jax.pipeline.config import load_pipeline
+from sq_jax.pipeline.plan import model_shape, plan_config, refuse_unfit_stages
 from sq_jax.train import memory_plan
 from sq_jax.train.config import PROJECTIONS, TrainConfig
 from sq_jax.train.memory_check import compiled_train_bytes
@@ -60,13 +61,23 @@ def test_full_fine_tuning_of_1_5b_is_refused_on_v5e_1_with_what_to_change(tmp_pa
     assert "18.5M trainable of 1543.7M params" in capsys.readouterr().out
 
 
-def test_the_trainer_refuses_at_start_on_a_chip_too_small(tmp_path, monkeypatch):
-    cfg = from_dict(TrainConfig, yaml.safe_load(_train_yaml(tmp_path / "full.yaml").read_text()))
-    chip = types.SimpleNamespace(memory_stats=lambda: {"bytes_limit": 16 * GiB}, device_kind="TPU v5 lite")
+def _one_chip(monkeypatch, gib: int) -> None:
+    chip = types.SimpleNamespace(memory_stats=lambda: {"bytes_limit": gib * GiB}, device_kind="TPU v5 lite")
     monkeypatch.setattr(jax, "local_devices", lambda: [chip])
     monkeypatch.setattr(jax, "device_count", lambda: 1)
+
+
+def test_the_trainer_and_the_pipeline_refuse_at_start_on_a_chip_too_small(tmp_path, monkeypatch):
+    cfg = from_dict(TrainConfig, yaml.safe_load(_train_yaml(tmp_path / "full.yaml").read_text()))
+    _one_chip(monkeypatch, 16)
     with pytest.raises(ValueError, match=r"this TPU v5 lite has 16 GiB.*lora: \{rank: 16\}"):
         memory_plan.refuse_if_too_big(cfg, model_shape("Qwen/Qwen2.5-Math-1.5B-Instruct", dtype="bfloat16"))
+    colab = load_pipeline(CONFIGS / "pipeline" / "colab-v5e-1.yaml")
+    refuse_unfit_stages(colab, list(colab.stages))  # fits 16 GB
+    _one_chip(monkeypatch, 8)  # an 8 GB chip: the long-sequence training stages do not fit
+    with pytest.raises(ValueError, match=r"stage 'qpo' needs 11\.2 GiB.*micro_batch_size") as info:
+        refuse_unfit_stages(colab, list(colab.stages))
+    assert "stage 'student'" in str(info.value) and "stage 'qft'" not in str(info.value)
 
 
 def test_the_colab_config_fits_one_v5e_chip_in_every_stage():
