@@ -7,6 +7,7 @@ checkpoints were trained with (see SCALEQUEST.md, sections 1, 3 and 5).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -95,6 +96,18 @@ class PromptFormat:
     strip_content: bool = False
     # Mistral's template has no system role; the system text is prefixed to the first user turn.
     system_into_first_user: bool = False
+    # The chat family whose special tokens the format shares (ChatML for Qwen and InternLM2); empty: its own name.
+    family: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.assistant_turn.startswith(self.assistant_start):
+            raise ValueError(f"format {self.name!r}: assistant_turn {self.assistant_turn!r} must start with "
+                             f"assistant_start {self.assistant_start!r} (a reply follows the generation prompt)")
+
+    @property
+    def chat_family(self) -> str:
+        """The family whose special tokens the format uses: its markers are what give a foreign prompt away."""
+        return self.family or self.name
 
     @property
     def pre_query_template(self) -> str:
@@ -108,6 +121,14 @@ class PromptFormat:
     def turn_end(self) -> str:
         """What closes an assistant turn (the SFT response's end-of-turn), without a trailing newline."""
         return self.assistant_turn.split(_CONTENT, 1)[1].rstrip("\n")
+
+    def response_text(self, response: str) -> str:
+        """An assistant reply as it follows the generation prompt in a rendered chat, up to its end-of-turn: SFT's
+        target. It keeps what the template writes between the generation prompt and the reply (DeepSeek's
+        "Assistant:" is followed by a space), so prompt + response_text is the template's own (user, assistant)
+        rendering."""
+        turn = self.assistant_turn.replace(_CONTENT, response)
+        return turn[len(self.assistant_start):].rstrip("\n")
 
     def qft_text(self, question: str) -> str:
         """One QFT training example: the generator learns to write a question, then stop."""
@@ -232,10 +253,22 @@ PROMPT_FORMATS: dict[str, PromptFormat] = {
         system_into_first_user=True,
     ),
 }
+# Qwen2.5 and Qwen2.5-Math-Instruct keep Qwen2's ChatML and change only the default system message their templates
+# write (tests/models/fixtures/chat_templates holds the real templates these are checked against).
+PROMPT_FORMATS["qwen2.5"] = dataclasses.replace(
+    PROMPT_FORMATS["qwen"], name="qwen2.5", family="qwen",
+    default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.")
+PROMPT_FORMATS["qwen2.5-math"] = dataclasses.replace(
+    PROMPT_FORMATS["qwen"], name="qwen2.5-math", family="qwen", default_system=SOLVER_INSTRUCTION)
+# InternLM2-Chat: ChatML after a BOS the template writes, no default system message.
+PROMPT_FORMATS["internlm2"] = dataclasses.replace(
+    PROMPT_FORMATS["qwen"], name="internlm2", family="qwen", bos_text="<s>", default_system=None,
+    stop_strings=("<|im_end|>", "</s>", "<|im_start|>"))
 
 
 def get_prompt_format(name: str) -> PromptFormat:
-    """Look up a format by name (``qwen``, ``deepseek``, ``llama3``, ``mistral``)."""
+    """Look up a format by name (``qwen``, ``qwen2.5``, ``qwen2.5-math``, ``deepseek``, ``llama3``, ``mistral``,
+    ``internlm2``)."""
     try:
         return PROMPT_FORMATS[name.lower()]
     except (KeyError, AttributeError):
@@ -244,11 +277,29 @@ def get_prompt_format(name: str) -> PromptFormat:
         ) from None
 
 
+_PROBE = ({"role": "user", "content": "What is 1 + 1?"},)
+
+
+def _rendered_like_template(
+    tokenizer: PreTrainedTokenizerBase, candidates: Sequence[PromptFormat]
+) -> PromptFormat | None:
+    """The candidate that renders a probe question exactly as the tokenizer's own chat template does, if any."""
+    if not isinstance(getattr(tokenizer, "chat_template", None), str):
+        return None
+    try:
+        rendered = tokenizer.apply_chat_template(list(_PROBE), tokenize=False, add_generation_prompt=True)
+    except Exception:  # a template is arbitrary Jinja (it may raise on any input); the vocabulary decides then
+        return None
+    return next((f for f in candidates if f.chat(_PROBE, add_generation_prompt=True) == rendered), None)
+
+
 def detect_prompt_format(tokenizer: PreTrainedTokenizerBase) -> PromptFormat:
-    """Guess the chat style from the special tokens in the tokenizer's vocabulary."""
+    """Guess the chat style from the special tokens in the tokenizer's vocabulary; among the ChatML formats (Qwen2,
+    Qwen2.5, Qwen2.5-Math, InternLM2), the one that renders like the tokenizer's chat template."""
     vocab = tokenizer.get_vocab()
     if "<|im_start|>" in vocab:
-        return PROMPT_FORMATS["qwen"]
+        chatml = [f for f in PROMPT_FORMATS.values() if f.chat_family == "qwen"]
+        return _rendered_like_template(tokenizer, chatml) or PROMPT_FORMATS["qwen"]
     if "<|start_header_id|>" in vocab:
         return PROMPT_FORMATS["llama3"]
     if _DS_BOS in vocab:
@@ -410,7 +461,7 @@ def parse_judge_verdict(text: str, *, fallback: bool = True) -> bool | None:
 
 # Text that only one family's prompts contain: how a prompt built for another model gives itself away.
 _FORMAT_MARKERS = {
-    "qwen": ("<|im_start|>",),
+    "qwen": ("<|im_start|>",),  # ChatML: every Qwen format and InternLM2 (their `family`)
     "llama3": ("<|start_header_id|>", "<|begin_of_text|>"),
     "deepseek": (_DS_BOS,),
     "mistral": ("[INST]",),
@@ -421,9 +472,9 @@ def prompt_format_mismatch(prompt: str, fmt: PromptFormat) -> str | None:
     """Why `prompt` was not rendered in `fmt` (another family's markers, or none of its own); None if it fits."""
     for name, markers in _FORMAT_MARKERS.items():
         found = [m for m in markers if m in prompt]
-        if name != fmt.name and found:
+        if name != fmt.chat_family and found:
             return f"prompt contains {found[0]!r}, a {name} template marker, but the model uses the {fmt.name} format"
-    own = _FORMAT_MARKERS.get(fmt.name, ())
+    own = _FORMAT_MARKERS.get(fmt.chat_family, ())
     if own and not any(m in prompt for m in own):
         return f"prompt has none of the {fmt.name} template markers {list(own)}; render it with the model's format"
     return None

@@ -33,7 +33,7 @@ CONVERSATION = [
 
 
 def test_registry_names() -> None:
-    assert set(PROMPT_FORMATS) == {"qwen", "deepseek", "llama3", "mistral"}
+    assert set(PROMPT_FORMATS) == {"qwen", "qwen2.5", "qwen2.5-math", "deepseek", "llama3", "mistral", "internlm2"}
     for name, fmt in PROMPT_FORMATS.items():
         assert isinstance(fmt, PromptFormat) and fmt.name == name
         assert get_prompt_format(name) is fmt

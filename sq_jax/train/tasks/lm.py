@@ -85,5 +85,5 @@ class SFTTask(LMTask):
 
     def encode(self, data: dict[str, Any]) -> tuple[list[int], list[int]]:
         prompt = encode_prompt(self.tokenizer, self._prompt(data, str(data.get("id", "SFT record"))))
-        response = encode_prompt(self.tokenizer, str(data["response"]).strip() + self.fmt.turn_end)
+        response = encode_prompt(self.tokenizer, self.fmt.response_text(str(data["response"]).strip()))
         return prompt + response, [0] * len(prompt) + [1] * len(response)
