@@ -62,3 +62,37 @@ def test_a_truncated_reply_counts_only_an_explicit_verdict() -> None:
     assert parse_judge_verdict(cut) is True
     assert parse_judge_verdict(cut, fallback=False) is None
     assert parse_judge_verdict("Final verdict: No\nLet me double-check", fallback=False) is False
+
+
+# The authors' solvability instruction, as language_solvability_check.py writes it (yyDing1/ScaleQuest), and how it
+# builds the judge's prompt: system "You are a helpful assistant." + that instruction, through the model's template.
+AUTHORS_INSTRUCTION = """
+Please act as a professional math teacher.
+Your goal is to determine if the given problem is a valuable math problem. You need to consider two aspects:
+1.\tThe given problem is a math problem.
+2.\tThe given math problem can be solved based on the conditions provided in the problem (You can first try to solve it and then judge its solvability).
+
+Please reason step by step and conclude with either 'Yes' or 'No'.
+
+Given Problem: {problem}
+""".strip()
+
+
+def test_the_paper_judge_prompt_is_the_authors_byte_for_byte():
+    import json
+    from pathlib import Path
+
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from sq_jax.models.tokenizer import PROMPT_FORMATS
+
+    fixture = Path(__file__).parent / "fixtures" / "chat_templates" / "qwen2-math-7b-instruct.json"
+    template = json.loads(fixture.read_text(encoding="utf-8"))["chat_template"]
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")))
+    tok.chat_template = template
+    question = "A rectangle has sides $3$ and {x}. What is its area if \\boxed{x} = 4?"
+    messages = [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": AUTHORS_INSTRUCTION.format(problem=question)}]
+    expected = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert PROMPT_FORMATS["qwen"].judge_prompt(question, "paper") == expected
