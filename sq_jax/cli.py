@@ -107,8 +107,10 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    import os
+
     from sq_jax.sampling.sampling import SamplingParams
-    from sq_jax.sampling.server import EngineSettings, Server, build_engine, serve_forever
+    from sq_jax.sampling.server import EngineSettings, FrontSettings, Server, build_engine, serve_forever
 
     settings = EngineSettings(
         max_slots=args.max_slots, max_cache_length=args.max_cache_length,
@@ -117,8 +119,17 @@ def _serve(args: argparse.Namespace) -> None:
     )
     default = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                              max_tokens=args.max_tokens)
-    server = Server(build_engine(args.model, settings, default), host=args.host, port=args.port)
-    print(f"sq-jax serving {args.model} on {server.address}", flush=True)
+    fronts = FrontSettings(
+        host=args.host, grpc_port=args.port or None, http_port=args.http_port or None,
+        model_name=args.served_model_name or Path(args.model.rstrip("/")).name,
+        api_key=os.environ.get(args.api_key_env) or None, max_queue=args.max_queue,
+        shutdown_grace_s=args.shutdown_grace,
+    )
+    server = Server(build_engine(args.model, settings, default), fronts)
+    where = [f"gRPC on {server.grpc_address}"] * bool(server.grpc_address)
+    where += [f"OpenAI HTTP on http://{server.http_address}/v1"] * bool(server.http_address)
+    print(f"sq-jax serving {args.model} ({fronts.model_name}): {', '.join(where)}"
+          + (f"; API key from ${args.api_key_env}" if fronts.api_key else ""), flush=True)
     serve_forever(server)
 
 
@@ -194,10 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grade-timeout", type=float, default=5.0, help="seconds per answer before it is graded wrong")
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("serve", help="JetStream gRPC server over a model")
+    p = sub.add_parser("serve", help="JetStream gRPC and OpenAI-compatible HTTP server over a model")
     p.add_argument("--model", required=True)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; 0.0.0.0 / [::] to expose)")
-    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--port", type=int, default=9000, help="gRPC (JetStream protocol) port; 0: no gRPC")
+    p.add_argument("--http-port", type=int, default=8000, help="OpenAI-compatible HTTP port; 0: no HTTP")
+    p.add_argument("--served-model-name", default=None, help="the `model` HTTP clients ask for (default: "
+                   "the model directory's name)")
+    p.add_argument("--api-key-env", default="SQ_JAX_API_KEY",
+                   help="environment variable holding the HTTP API key (Authorization: Bearer); unset: no key")
+    p.add_argument("--max-queue", type=int, default=1024, help="requests waiting for prefill before 429")
+    p.add_argument("--shutdown-grace", type=float, default=2.0,
+                   help="seconds open requests get to finish on SIGTERM before they are failed")
     p.add_argument("--max-slots", type=int, default=64)
     p.add_argument("--max-cache-length", type=int, default=2048)
     p.add_argument("--max-prefill-length", type=int, default=1024)

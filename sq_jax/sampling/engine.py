@@ -197,6 +197,12 @@ class Engine:
         ids = [int(t) for t in token_ids]
         if not ids:
             raise ValueError("empty prompt: a request needs at least one prompt token")
+        vocab = self.config.vocab_size
+        bad = [(i, t) for i, t in enumerate(ids) if not 0 <= t < vocab]
+        if bad:  # out of range reads NaN embeddings; a negative id would silently index from the end
+            shown = ", ".join(f"{t} at position {i}" for i, t in bad[:3])
+            raise ValueError(f"prompt token ids must be in [0, {vocab}) (the vocabulary size); got {shown}"
+                             + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
         limit = self._max_prefill_length
         if len(ids) <= limit:
             return ids

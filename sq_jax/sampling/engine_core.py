@@ -78,19 +78,26 @@ def prefill(
     )
 
 
+def _pad_length(x: jax.Array, axis: int, length: int) -> jax.Array:
+    """`x` zero-padded along `axis` to `length`."""
+    return jnp.pad(x, [(0, length - x.shape[axis]) if a == axis else (0, 0) for a in range(x.ndim)])
+
+
 def with_settings(prefix: Prefix, settings: dict[str, jax.Array]) -> Prefix:
     """The same prefilled KV under another request's key and sampling settings (prefix reuse)."""
     return prefix.replace(**settings)
 
 
 def insert(prefix: Prefix, state: DecodeState, slot: jax.Array) -> DecodeState:
-    """Copy a prefix into `slot`, clearing what its previous request left, and sample its first token."""
+    """Copy a prefix into `slot`, overwriting all of what its previous request left, and sample its first token."""
     cache = state.cache
     bucket = prefix.positions.shape[0]
     max_len = cache.max_length
+    # The whole row, zeros past the bucket: masked entries still enter attention as 0 x value, so a NaN left by
+    # an earlier occupant would poison every later request in this slot.
     put_rows = lambda buf, new: jax.lax.dynamic_update_slice(buf, new[None].astype(buf.dtype), (slot, 0, 0, 0))  # noqa: E731
-    k = tuple(put_rows(buf, new) for buf, new in zip(cache.k, prefix.k))
-    v = tuple(put_rows(buf, new) for buf, new in zip(cache.v, prefix.v))
+    k = tuple(put_rows(buf, _pad_length(new, 1, max_len)) for buf, new in zip(cache.k, prefix.k))
+    v = tuple(put_rows(buf, _pad_length(new, 2, max_len)) for buf, new in zip(cache.v, prefix.v))
     row = lambda x: jnp.pad(x, (0, max_len - bucket))[None]  # noqa: E731
     positions = jax.lax.dynamic_update_slice(cache.positions, row(prefix.positions), (slot, 0))
     segments = jax.lax.dynamic_update_slice(cache.segment_ids, row(prefix.segment_ids), (slot, 0))
@@ -198,8 +205,9 @@ def insert_batch(
     bucket, max_len = batch.positions.shape[1], cache.max_length
     target = jnp.where(jnp.arange(slots.shape[0]) < count, slots, state.tokens.shape[0])  # out of range: dropped
     put = lambda buf, values: buf.at[target].set(values.astype(buf.dtype), mode="drop")  # noqa: E731
-    put_k = lambda buf, new: buf.at[target, :, :bucket].set(new[rows].astype(buf.dtype), mode="drop")  # noqa: E731
-    put_v = lambda buf, new: buf.at[target, :, :, :bucket].set(new[rows].astype(buf.dtype), mode="drop")  # noqa: E731
+    # Whole rows (zeros past the bucket), as in `insert`: nothing of a slot's previous request survives.
+    put_k = lambda buf, new: put(buf, _pad_length(new[rows], 2, max_len))  # noqa: E731
+    put_v = lambda buf, new: put(buf, _pad_length(new[rows], 3, max_len))  # noqa: E731
     pad_row = lambda x: jnp.pad(x[rows], ((0, 0), (0, max_len - bucket)))  # noqa: E731
     keys = jax.vmap(token_key)(settings["key"], jnp.zeros_like(rows))
     first = jax.vmap(sample_token)(batch.logits[rows], keys, settings["temperature"], settings["top_p"],

@@ -7,6 +7,10 @@
 - Prefill errors killed the process (JetThread SIGKILLs); here they fail that request only.
 - Requests carry no sampling settings and token requests get a BOS prepended: `SqDriver` reads per-request
   sampling (JSON in `session_cache`) and tokenizes without adding special tokens.
+- Requests were checked only in the prefill thread, after queueing: `SqDriver` checks them (settings, token ids,
+  lengths) when they are placed, and refuses new ones while shutting down.
+- A slot was freed only when its request completed, so a cancelled request (its client gone) held it until
+  `max_tokens`: `SqDriver` frees it at the next decode block.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ def jetstream() -> Any:
         level, handlers = root.level, list(root.handlers)
         from jetstream.core import orchestrator, server_lib
         from jetstream.core.proto import jetstream_pb2, jetstream_pb2_grpc
-        from jetstream.engine import engine_api, tokenizer_api, tokenizer_pb2
+        from jetstream.engine import engine_api, token_utils, tokenizer_api, tokenizer_pb2
 
         root.setLevel(level)
         for handler in list(root.handlers):
@@ -49,8 +53,8 @@ def jetstream() -> Any:
         for name in ("jetstream", "absl"):
             logging.getLogger(name).setLevel(logging.WARNING)
     return _Namespace(orchestrator=orchestrator, server_lib=server_lib, engine_api=engine_api,
-                      tokenizer_api=tokenizer_api, tokenizer_pb2=tokenizer_pb2, jetstream_pb2=jetstream_pb2,
-                      jetstream_pb2_grpc=jetstream_pb2_grpc)
+                      token_utils=token_utils, tokenizer_api=tokenizer_api, tokenizer_pb2=tokenizer_pb2,
+                      jetstream_pb2=jetstream_pb2, jetstream_pb2_grpc=jetstream_pb2_grpc)
 
 
 @dataclasses.dataclass
@@ -58,6 +62,7 @@ class _Namespace:
     orchestrator: Any
     server_lib: Any
     engine_api: Any
+    token_utils: Any
     tokenizer_api: Any
     tokenizer_pb2: Any
     jetstream_pb2: Any
@@ -128,6 +133,10 @@ def _classes() -> tuple[type, type, type]:
                 samples_per_slot=1,
             )
 
+        def release(self, slot: int) -> None:
+            """The slot's request is gone: decode blocks are no longer needed for it."""
+            self._last_block.pop(slot, None)
+
         def get_tokenizer(self):
             return js.tokenizer_pb2.TokenizerParameters(path="huggingface")
 
@@ -138,7 +147,11 @@ def _classes() -> tuple[type, type, type]:
         """JetStream's driver with per-request sampling, exact tokenization and failures kept to one request."""
 
         def __init__(self, *args: Any, **kwargs: Any):
-            super().__init__(*args, **kwargs)
+            self.accepting = True
+            self.generated_tokens = 0  # tokens handed to clients (for throughput metrics)
+            self._live_requests: dict[int, dict[int, Any]] = {}  # generate engine -> slot -> request
+            self._in_prefill: Any = None  # the request the prefill thread holds, between the queues
+            super().__init__(*args, **kwargs)  # starts the threads
             # JetStream queues at most slots // 3 prefilled requests for the generate thread, so when many
             # requests finish together their slots refill over several decode blocks. Let a whole batch wait.
             # (Queue.put reads `maxsize` on every call, so raising it on the live queues is safe.)
@@ -152,37 +165,103 @@ def _classes() -> tuple[type, type, type]:
             for backlog in self._detokenize_backlogs:
                 backlog.maxsize = 1
 
-        def place_request_on_prefill_queue(self, request: Any) -> None:
+        def check_request(self, request: Any) -> None:
+            """Parse and check a request in the caller's thread: a ValueError names what is wrong."""
             engine = self._prefill_engines[0]
-            # Validation happens here, in the caller's thread, so a bad request is refused before it is queued.
             request.sampling = sampling_from_request(request.history_path or "", request.max_tokens,
                                                      engine.default_sampling)
             request.max_tokens = request.sampling.max_tokens
+            content = request.prefill_content
+            ids = engine.hf_tokenizer(content, add_special_tokens=False)["input_ids"] \
+                if isinstance(content, str) else list(content)
+            request.prefill_content = engine.check_request(ids, request.sampling)
+
+        def place_request_on_prefill_queue(self, request: Any) -> None:
+            """Check, then queue; raises ValueError (bad request), ShuttingDownError, or queue.Full (no room)."""
+            if not self.accepting:
+                raise ShuttingDownError("the server is shutting down and takes no new requests")
+            if getattr(request, "sampling", None) is None:  # fronts that checked already skip the second pass
+                self.check_request(request)
             super().place_request_on_prefill_queue(request)
+
+        def _queues(self) -> tuple[Any, ...]:
+            return (self._prefill_backlog, *self._transfer_backlogs, *self._generate_backlogs.values())
+
+        def open_requests(self) -> list[Any]:
+            """Requests queued or decoding (best effort: read while the driver's threads run)."""
+            queued = [r for q in self._queues() for r in list(q.queue) if r is not None]
+            queued += [r for r in (self._in_prefill,) if r is not None]
+            return queued + [r for live in self._live_requests.values() for r in list(live.values())]
+
+        def load(self) -> dict[str, int]:
+            """Requests queued and running (one per slot in use) and slots in all; approximate while running.
+            (The free-slot queue is no measure: an idle generate thread holds one slot while it waits for work.)"""
+            return {"queued": sum(q.qsize() for q in self._queues()),
+                    "running": sum(len(live) for live in self._live_requests.values()),
+                    "slots": sum(e.max_concurrent_decodes for e in self._generate_engines)}
 
         def _prefill_thread(self, idx: int) -> None:
             engine = self._prefill_engines[idx]
-            tokenizer = engine.build_tokenizer(engine.get_tokenizer())
             while self.live:
                 request = self._prefill_backlog.get(block=True)
                 if request is None:
                     break
-                content = request.prefill_content
+                if _cancelled(request):  # its client left while it waited
+                    continue
+                self._in_prefill = request
                 try:
-                    ids = tokenizer.hf(content, add_special_tokens=False)["input_ids"] \
-                        if isinstance(content, str) else list(content)
-                    prefix = engine.prefill_request(ids, request.sampling)
+                    prefix = engine.prefill_request(request.prefill_content, request.sampling)
                     # The driver deletes what it inserts; cached prefixes must survive, so hand over a copy.
                     with engine.dispatch_lock:  # host (numpy) settings stay on the host
                         prefix = jax.tree.map(lambda x: jnp.copy(x) if isinstance(x, jax.Array) else x, prefix)
                 except Exception as e:  # noqa: BLE001 - any failure of one request fails that request only
                     log.warning("request failed in prefill (%s): %s", type(e).__name__, e)
                     request.return_channel.set_exception(e)
+                    self._in_prefill = None
                     continue
                 request.prefill_result = prefix
                 self._transfer_backlogs[idx].put(request, block=True)
+                self._in_prefill = None
+
+        def _detokenize_thread(self, idx: int) -> None:
+            # JetStream's loop, plus: a cancelled request's slot goes back to the free list at the next block.
+            backlog, engine = self._detokenize_backlogs[idx], self._generate_engines[idx]
+            free = self._generate_slots[idx]
+            tokenizer = engine.build_tokenizer(engine.get_tokenizer())
+            live = self._live_requests.setdefault(idx, {})
+            while self.live:
+                data = backlog.get(block=True)
+                if data is None:
+                    break
+                head, body = data
+                if not isinstance(body, js.engine_api.ResultTokens):
+                    live[head] = body  # (slot, request): a request was inserted into this slot
+                    continue
+                result = body.convert_to_numpy()
+                for slot, request in list(live.items()):
+                    if not _cancelled(request):
+                        samples, request.complete = js.token_utils.process_result_tokens(
+                            tokenizer=tokenizer, slot=slot, slot_max_length=request.max_tokens, result_tokens=result,
+                            complete=request.complete, is_client_side_tokenization=request.is_client_side_tokenization)
+                        self.generated_tokens += sum(len(sample.token_ids) for sample in samples)
+                        request.enqueue_samples(samples)
+                        if not request.complete.all():
+                            continue
+                        request.return_channel.close()
+                    del live[slot]
+                    engine.release(slot)
+                    free.put(slot, block=False)
 
     return HFTokenizer, JetStreamEngine, SqDriver
+
+
+class ShuttingDownError(RuntimeError):
+    """The server is stopping: the request was not (or will not be) completed."""
+
+
+def _cancelled(request: Any) -> bool:
+    cancelled = getattr(request.return_channel, "cancelled", None)
+    return bool(cancelled and cancelled())
 
 
 def jetstream_engine_class() -> type:
@@ -193,10 +272,12 @@ def sq_driver_class() -> type:
     return _classes()[2]
 
 
-def make_driver(engine: Any) -> Any:
+def make_driver(engine: Any, max_queue: int = 0) -> Any:
     """An interleaved in-process driver: one engine prefills and generates (no transfer between slices).
-    Call `.stop()` when done."""
-    return sq_driver_class()(
+    At most `max_queue` requests wait for prefill (0: no limit; more raise queue.Full). Call `.stop()` when done."""
+    driver = sq_driver_class()(
         prefill_engines=[engine], generate_engines=[engine], prefill_params=[engine.params],
         generate_params=[engine.params], interleaved_mode=True,
     )
+    driver._prefill_backlog.maxsize = max_queue  # read by every put: safe on the live queue
+    return driver

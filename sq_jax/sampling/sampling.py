@@ -83,6 +83,13 @@ SAMPLING_KEY = "sq_jax"
 _REQUEST_FIELDS = ("temperature", "top_p", "top_k", "seed")
 
 
+def check_number(name: str, value: Any, *, integer: bool = False) -> None:
+    """A ValueError naming `name` unless `value` is a number (an int when `integer`); JSON booleans are not."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+
+
 def sampling_to_session_cache(sampling: SamplingParams) -> str:
     return json.dumps({SAMPLING_KEY: {name: getattr(sampling, name) for name in _REQUEST_FIELDS}})
 
@@ -98,6 +105,8 @@ def sampling_from_request(session_cache: str, max_tokens: int, default: Sampling
         unknown = set(overrides) - set(_REQUEST_FIELDS)
         if unknown:
             raise ValueError(f"unknown sampling fields {sorted(unknown)}; allowed: {', '.join(_REQUEST_FIELDS)}")
+        for name, value in overrides.items():
+            check_number(name, value, integer=name in ("top_k", "seed"))
     if max_tokens:
         overrides["max_tokens"] = max_tokens
     return dataclasses.replace(default, **overrides)
