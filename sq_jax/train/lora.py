@@ -33,11 +33,10 @@ from sq_jax.train.config import PROJECTIONS, LoraSection
 
 
 class _TargetedLoraProvider(qwix.LoraProvider):
-    """qwix's LoRA, restricted to weights named in `targets`, keeping the projection's dtype.
+    """qwix's LoRA, restricted to weights named in `targets`.
 
-    What qwix alone gets wrong for this model: its rules match module paths only, and q/k/v/o share one module,
-    so `targets: [q_proj, v_proj]` cannot be said; and it adds the float32 adapter product to a bfloat16
-    projection, which would promote every later activation to float32."""
+    What qwix alone cannot say for this model: its rules match module paths only, and q/k/v/o share one module
+    (as gate/up/down do), so `targets: [q_proj, v_proj]` needs the weight's name as well."""
 
     def __init__(self, targets: tuple[str, ...], **rule: Any):
         super().__init__(**rule)
@@ -47,8 +46,7 @@ class _TargetedLoraProvider(qwix.LoraProvider):
         name = flax_util.find_param(operands[1]) if len(operands) == 2 else None
         if name not in self.targets:
             return ptq.PtqProvider.einsum(self, einsum_str, *operands, **kwargs)
-        dtype = kwargs.get("preferred_element_type") or jnp.result_type(*operands)
-        return super().einsum(einsum_str, *operands, **kwargs).astype(dtype)
+        return super().einsum(einsum_str, *operands, **kwargs)
 
 
 def add_adapters(model: Transformer, cfg: LoraSection, mesh: Mesh | None, seed: int = 0) -> Transformer:

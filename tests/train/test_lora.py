@@ -172,3 +172,18 @@ def test_lora_scorer_trains_adapters_and_its_fresh_score_head_and_exports_a_scor
     assert exported.config.head == "score" and not (tmp_path / "adapter").exists()  # PEFT has no score-head LoRA
     tokens = jnp.arange(3, 35, dtype=jnp.int32).reshape(2, 16)
     np.testing.assert_allclose(np.asarray(exported(tokens).logits), _adapted_logits(trainer, tokens), atol=2e-5)
+
+
+def test_adapters_keep_a_bfloat16_model_bfloat16_and_make_only_the_chosen_targets():
+    from sq_jax.models.init import init_model
+    from sq_jax.models.tiny import tiny_config
+    from sq_jax.train.config import LoraSection
+    from sq_jax.train.lora import add_adapters
+
+    cfg = tiny_config(128, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
+                      head_dim=16, dtype="bfloat16", param_dtype="bfloat16")
+    adapted = add_adapters(init_model(cfg), LoraSection(rank=2, targets=("k_proj", "gate_proj")), None)
+    hidden, _ = adapted.hidden_states(jnp.zeros((1, 4), jnp.int32))
+    assert hidden.dtype == jnp.bfloat16  # float32 adapters do not promote the bfloat16 activations
+    adapters = {str(p[-1]): v.get_value().dtype for p, v in nnx.to_flat_state(nnx.state(adapted, nnx.LoRAParam))}
+    assert adapters == {f"{t}_lora_{ab}": jnp.float32 for t in ("k_proj", "gate_proj") for ab in "ab"}
