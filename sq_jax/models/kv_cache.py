@@ -57,6 +57,12 @@ def write_rows(buffer: jax.Array, new: jax.Array, offsets: jax.Array, axis: int 
     Offsets past `max_len - t` are clamped by `dynamic_update_slice`; callers keep lengths within the cache.
     """
 
+    if buffer.shape[0] == 1:
+        # One row (a batch-1 engine, a one-prompt prefill): a plain update. Batched over rows it is a scatter,
+        # which XLA:CPU runs as a bounds check, a select and a separate kernel per buffer on every decode step.
+        start = tuple(offsets[0] if d == axis else 0 for d in range(buffer.ndim))
+        return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), start)
+
     def one_row(row: jax.Array, update: jax.Array, offset: jax.Array) -> jax.Array:
         start = tuple(offset if d == axis - 1 else 0 for d in range(row.ndim))
         return jax.lax.dynamic_update_slice(row, update.astype(row.dtype), start)

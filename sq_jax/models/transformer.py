@@ -11,6 +11,7 @@ decode block and wrote out a full elementwise product for o_proj on every step.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -42,6 +43,19 @@ def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], dtype:
     return nnx.Param(value.astype(dtype), logical_axes=axes)
 
 
+def matmul_out_in(x: jax.Array, kernel: jax.Array, contracted: int) -> jax.Array:
+    """`x` [..., in] times an [*out, *in] kernel whose last `contracted` axes are the input: [..., prod(out)].
+
+    The decode path's form of the q/k/v/o products: the kernel flattened to one [out, in] matrix (a free reshape
+    of a row-major array). XLA:CPU canonicalises a product with several output or contracted axes by copying
+    the kernel into [in, out] order (inside the decode loop: every q/k/v/o kernel on every step); a 2-D product
+    it runs against the kernel as stored, and the transpose that `sampling/decode_weights.restore` wraps around
+    an [in, out]-stored kernel folds into it.
+    """
+    flat = kernel.reshape(-1, math.prod(kernel.shape[kernel.ndim - contracted:]))
+    return jnp.einsum("...i,oi->...o", x, flat)
+
+
 class RMSNorm(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.eps = cfg.rms_norm_eps
@@ -69,8 +83,12 @@ class Attention(nnx.Module):
         if cfg.o_bias:
             self.o_bias = _param(rngs, (e,), ("norm",), pd, "zeros")
 
-    def _project(self, x: jax.Array, name: str) -> jax.Array:
-        out = jnp.einsum("bte,hde->bthd", x, getattr(self, f"{name}_proj")[...].astype(x.dtype))
+    def _project(self, x: jax.Array, name: str, decoding: bool = False) -> jax.Array:
+        kernel = getattr(self, f"{name}_proj")[...].astype(x.dtype)
+        if decoding:
+            out = matmul_out_in(x, kernel, contracted=1).reshape(*x.shape[:2], *kernel.shape[:2])
+        else:
+            out = jnp.einsum("bte,hde->bthd", x, kernel)
         if self.cfg.qkv_bias:
             out = out + getattr(self, f"{name}_bias")[...].astype(x.dtype)
         return out
@@ -84,9 +102,10 @@ class Attention(nnx.Module):
         write_offsets: jax.Array | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         inv_freq = rope_inv_freq(self.cfg)
-        q = apply_rope(self._project(x, "q"), positions, inv_freq)
-        k = apply_rope(self._project(x, "k"), positions, inv_freq)
-        v = self._project(x, "v")
+        decoding = cache_kv is not None
+        q = apply_rope(self._project(x, "q", decoding), positions, inv_freq)
+        k = apply_rope(self._project(x, "k", decoding), positions, inv_freq)
+        v = self._project(x, "v", decoding)
         q = constrain(q, ("batch", "length", "act_heads", None))
         if cache_kv is None:
             out = attend(q, k, v, mask)
@@ -94,7 +113,11 @@ class Attention(nnx.Module):
             k = write_rows(cache_kv[0], k.transpose(0, 2, 1, 3), write_offsets, axis=2)
             v = write_rows(cache_kv[1], v.transpose(0, 2, 3, 1), write_offsets, axis=3)
             out = attend_cached(q, k.astype(q.dtype), v.astype(q.dtype), mask)
-        out = jnp.einsum("bthd,ehd->bte", out, self.o_proj[...].astype(x.dtype))
+        o_kernel = self.o_proj[...].astype(x.dtype)
+        if decoding:
+            out = matmul_out_in(out.reshape(*out.shape[:2], -1), o_kernel, contracted=2)
+        else:
+            out = jnp.einsum("bthd,ehd->bte", out, o_kernel)
         if self.cfg.o_bias:
             out = out + self.o_bias[...].astype(x.dtype)
         return out, (k, v)

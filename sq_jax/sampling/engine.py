@@ -79,7 +79,7 @@ class Engine:
         if bad:
             raise ValueError(f"stop token ids {bad} are not ids of this vocabulary (size {vocab})")
         self.config = model.config
-        self.graphdef, self.params = nnx.split(model, nnx.Param)
+        self.graphdef, params = nnx.split(model, nnx.Param)
         self.stop_ids = tuple(int(i) for i in stop_ids)
         self._stop_array = jnp.asarray(self.stop_ids, jnp.int32).reshape(-1)  # may be empty: stop on max_tokens
         self.max_slots = max_slots
@@ -101,13 +101,12 @@ class Engine:
         # Set (never cleared) once a request with temperature > 0 is prefilled: decode blocks then compile the
         # sampling path, which is exact for greedy slots too; until then they run the greedy-only block.
         self.sampling_admitted = False
-        # The graph definition is bound, not passed as a static argument: hashing it per call costs ~0.5 ms.
-        self._prefill_jit = jax.jit(functools.partial(engine_core.prefill, self.graphdef))
-        self._prefill_batch_jit = jax.jit(functools.partial(engine_core.prefill_batch, self.graphdef))
         self._row_jit = jax.jit(engine_core.row_of)
-        # Programs over the decode state (init / insert / generate), compiled for the layout XLA picks for it.
+        # Programs over the weights and the decode state (prefill / init / insert / generate), compiled for the
+        # layouts XLA picks for the decode block; they bind the graph definition (hashing it per call as a static
+        # argument cost ~0.5 ms).
         make_state = functools.partial(empty_state, self.config, max_slots, max_cache_length)
-        self._state = StatePrograms(self.graphdef, self.params, self._stop_array, make_state,
+        self._state = StatePrograms(self.graphdef, params, self._stop_array, make_state,
                                     self._state_shardings(make_state), decode_steps)
 
     # ------------------------------------------------------------------------------------ JetStream API
@@ -130,6 +129,11 @@ class Engine:
     @property
     def colocated_cpus(self) -> None:
         return None
+
+    @property
+    def params(self) -> nnx.State:
+        """The weights, relaid out (once, on first use) into the formats the decode block was compiled for."""
+        return self._state.params(self.sampling_admitted)
 
     def load_params(self, *args: Any, **kwargs: Any) -> nnx.State:
         return self.params
@@ -175,8 +179,8 @@ class Engine:
         settings = self._settings(sampling or SamplingParams(temperature=0.0))
         self.stats["prefills"] += 1
         with self.dispatch_lock:
-            return self._prefill_jit(params, np.asarray(padded_tokens, np.int32), np.int32(true_length),
-                                     existing_prefix, settings)
+            return self._state.prefill(self.sampling_admitted)(
+                params, np.asarray(padded_tokens, np.int32), np.int32(true_length), existing_prefix, settings)
 
     def insert(self, prefix: Prefix, decode_state: DecodeState, slot: int) -> DecodeState:
         with self.dispatch_lock:
@@ -292,7 +296,7 @@ class Engine:
                 lengths[r] = len(ids)
             self.stats["prefills"] += len(prompts)
             with self.dispatch_lock:
-                batch = self._prefill_batch_jit(self.params, tokens, lengths)
+                batch = self._state.prefill_batch(self.sampling_admitted)(self.params, tokens, lengths)
             members = [(r, i) for r, key in enumerate(prompts) for i in misses[key]]
             self.stats["prefix_hits"] += len(members) - len(prompts)
             if len(prompts) <= 4 and self._prefix_cache_size:

@@ -6,6 +6,8 @@ request's own key folded with the token index, so a sample never depends on its 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
@@ -119,7 +121,7 @@ def insert(prefix: Prefix, state: DecodeState, slot: jax.Array) -> DecodeState:
 
 def generate(
     graphdef: nnx.GraphDef, params: nnx.State, state: DecodeState, stop_ids: jax.Array, steps: int,
-    sampling: bool = True,
+    sampling: bool = True, restore: Callable[[nnx.State], nnx.State] | None = None,
 ) -> tuple[DecodeState, jax.Array]:
     """`steps` decode steps for every slot. Returns the new state and [slots, 2 * steps + 1] int32 results:
     emitted tokens, their validity, and each slot's count of emitted tokens at the block's first token.
@@ -127,11 +129,14 @@ def generate(
     `sampling=False` (static) compiles a greedy-only block, valid when every slot has temperature 0. The choice
     is the caller's (the host knows every request's settings) rather than a `lax.cond` in the step: on GPU a
     conditional copies its predicate to the host and blocks the stream, once per decoded token.
+
+    `restore` maps the params as passed to the model's (`decode_weights.restore`); it is traced inside the step,
+    where XLA folds it into the products that read the weights, not before the loop, where it would copy them.
     """
-    model: Transformer = nnx.merge(graphdef, params)
     first_count = state.generated + 1
 
     def one_step(state: DecodeState, _):
+        model: Transformer = nnx.merge(graphdef, restore(params) if restore is not None else params)
         cache = state.cache
         emit = state.tokens
         room = cache.lengths < cache.max_length
