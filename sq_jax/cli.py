@@ -76,7 +76,8 @@ def _eval(args: argparse.Namespace) -> None:
     cfg = EvalConfig(model=args.model, output_dir=args.output_dir, benchmarks=benchmarks, data_dir=args.data_dir,
                      limit=args.limit, samples=args.samples, temperature=args.temperature, top_p=args.top_p,
                      max_tokens=args.max_tokens, seed=args.seed, engine=engine, backend=args.backend,
-                     grade_workers=args.grade_workers, grade_timeout_s=args.grade_timeout)
+                     grade_workers=args.grade_workers, grade_timeout_s=args.grade_timeout,
+                     base_url=args.base_url, api_key_env=args.api_key_env)
     report = run_eval(cfg)
     print((Path(args.output_dir) / "report.md").read_text())
     print(json.dumps({"output_dir": args.output_dir, "metrics": report["metrics"]}))
@@ -198,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--format", default=None, help="prompt format; default: detected from the tokenizer")
     p.add_argument("--backend", choices=("jetstream", "raw"), default="jetstream")
+    p.add_argument("--base-url", default=None, help="answers from this OpenAI-compatible server (e.g. "
+                   "http://127.0.0.1:8000/v1 of sq-jax serve); --model is then the name it serves")
+    p.add_argument("--api-key-env", default="SQ_JAX_API_KEY", help="with --base-url: the API key's variable")
     p.add_argument("--mesh-tensor", type=int, default=-1,
                    help="tensor-parallel size (-1: the devices fsdp leaves); must divide the model's kv heads")
     p.add_argument("--mesh-fsdp", type=int, default=1, help="parameter-sharding size (-1: the devices tensor leaves)")

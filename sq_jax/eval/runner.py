@@ -48,6 +48,8 @@ class EvalConfig:
     engine: EngineSettings = dataclasses.field(
         default_factory=lambda: EngineSettings(max_cache_length=4096, max_prefill_length=2048))
     backend: Literal["jetstream", "raw"] = "jetstream"
+    base_url: str | None = None  # an OpenAI-compatible server answers instead (`model` is then its model name)
+    api_key_env: str = "SQ_JAX_API_KEY"
     grade_workers: int | None = None
     grade_timeout_s: float = 5.0
 
@@ -82,6 +84,10 @@ def _prompt_rows(items: dict[str, list[BenchmarkItem]]) -> list[dict[str, str]]:
 
 def _generate(cfg: EvalConfig, rows: list[dict[str, str]], collective: bool) -> dict[str, list[dict[str, Any]]]:
     """Outputs per prompt id (in sample order); generation resumes where a killed run stopped."""
+    if cfg.base_url:
+        from sq_jax.eval.remote import remote_outputs
+
+        return remote_outputs(cfg, rows)
     out = Path(cfg.output_dir)
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:12]
     prompts = out / f"prompts-{digest}.jsonl"

@@ -196,7 +196,7 @@ def _classes() -> tuple[type, type, type]:
         def load(self) -> dict[str, int]:
             """Requests queued and running (one per slot in use) and slots in all; approximate while running.
             (The free-slot queue is no measure: an idle generate thread holds one slot while it waits for work.)"""
-            return {"queued": sum(q.qsize() for q in self._queues()),
+            return {"queued": sum(q.qsize() for q in self._queues()) + (self._in_prefill is not None),
                     "running": sum(len(live) for live in self._live_requests.values()),
                     "slots": sum(e.max_concurrent_decodes for e in self._generate_engines)}
 

@@ -390,6 +390,29 @@ def test_tiny_pipeline_runs_its_optimiser_through_sq_jax_serve(served, tmp_path,
     assert served_requests - requests_before >= 12
 
 
+def test_eval_answers_through_sq_jax_serve(served, tmp_path):
+    from sq_jax.eval.runner import EvalConfig, _prompt_rows, load_items, run_eval
+    from sq_jax.models.tokenizer import SOLVER_INSTRUCTION
+    from sq_jax.sampling.generate_job import request_seed
+
+    _wait_healthy(served)
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"question": f"What is {a} plus 2?", "answer": str(a + 2)}) + "\n"
+                             for a in (3, 4, 5)))
+    cfg = EvalConfig(model="tiny", output_dir=str(tmp_path / "eval"), benchmarks=[f"jsonl:{bench}"], samples=2,
+                     temperature=0.7, max_tokens=8, base_url=served.url("/v1"), grade_workers=1)
+    report = run_eval(cfg, collective=False)
+    samples = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 and sorted(s["sample"] for s in samples) == [0, 0, 0, 1, 1, 1]
+    assert f"jsonl:{bench}" in report["metrics"]
+    row = _prompt_rows(load_items(cfg))[1]  # the same request sent directly gives the same answer (seeded)
+    direct = served.openai().chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": f"{row['question']}\n{SOLVER_INSTRUCTION}"}], n=2,
+        temperature=0.7, max_tokens=8, seed=request_seed(0, row["id"]) & 0x3FFFFFFF)
+    mine = sorted((s for s in samples if f"jsonl:{bench}/{s['id']}" == row["id"]), key=lambda s: s["sample"])
+    assert [s["output"] for s in mine] == [c.message.content for c in direct.choices]
+
+
 def test_api_key_is_asked_only_when_configured(engine):
     import openai
 
@@ -430,13 +453,19 @@ def test_sigterm_with_open_streams_fails_them_clearly_and_exits_within_seconds(s
             lines = [line for line in urllib.request.urlopen(request, timeout=60) if line.strip()]
             last = lines[-1].decode()
             outcomes.append("finished" if last.startswith("data: [DONE]") else last)
+        except urllib.error.HTTPError as e:
+            outcomes.append(f"http {e.code}: {e.read().decode()}")
         except OSError as e:
             outcomes.append(f"http: {e}")
 
     threads = [threading.Thread(target=f) for f in (grpc_stream, http_stream) for _ in range(16)]
     for t in threads:
         t.start()
-    _until(lambda: served.metrics()["sq_jax_slots_in_use"] == 8)
+    def admitted() -> bool:  # all 32 in: 8 decoding, the rest queued (one may be between two queues)
+        m = served.metrics()
+        return m["sq_jax_slots_in_use"] == 8 and m["sq_jax_requests_queued"] + m["sq_jax_requests_running"] >= 31
+
+    _until(admitted)
     t0 = time.monotonic()
     served.proc.send_signal(signal.SIGTERM)
     rc = served.proc.wait(timeout=30)
