@@ -65,8 +65,16 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from sq_jax.eval.runner import EvalConfig, run_eval
+    from sq_jax.eval.runner import EvalConfig, regrade, run_eval
     from sq_jax.sampling.server import EngineSettings
+
+    if args.regrade:
+        summary = regrade(args.regrade, args.diff, data_dir=args.data_dir, workers=args.grade_workers,
+                          timeout_s=args.grade_timeout)
+        print(json.dumps(summary, indent=2))
+        return
+    if not args.model:
+        raise ValueError("--model is required (unless --regrade SAMPLES)")
 
     engine = EngineSettings(max_slots=args.max_slots, max_cache_length=args.max_cache_length,
                             max_prefill_length=args.max_prefill_length, dtype=args.dtype, prompt_format=args.format,
@@ -181,7 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("eval", help="accuracy on GSM8K / MATH-500 / College Math / OlympiadBench (greedy, graded)")
-    p.add_argument("--model", required=True, help="HF model dir or hub id, or an sq-jax native checkpoint")
+    p.add_argument("--model", help="HF model dir or hub id, or an sq-jax native checkpoint")
+    p.add_argument("--regrade", metavar="SAMPLES", default=None,
+                   help="grade a saved samples.jsonl again with the current grader; write the changed verdicts")
+    p.add_argument("--diff", default=None, help="with --regrade: the diff file (default: beside SAMPLES)")
     p.add_argument("--benchmarks", default="gsm8k,math500,college_math,olympiadbench",
                    help="comma-separated: gsm8k, math, math500, college_math, olympiadbench, jsonl:PATH")
     p.add_argument("--output-dir", default="runs/eval")

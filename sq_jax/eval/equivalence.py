@@ -8,19 +8,18 @@ that no signal interrupts, so callers that need a hard per-sample bound use `sq_
 runs this module in worker processes it can kill.
 
 Conventions: tuples and intervals are ordered (``(1,2)`` != ``(2,1)``, ``[0,1)`` != ``[0,1]``); top-level
-comma lists, ``\\{...\\}`` sets and multiple answers are order-free; numbers match within relative 1e-9 or
-absolute 1e-8, and a percentage matches both its value and its value / 100.
+comma lists, ``\\{...\\}`` sets and multiple answers are order-free; numbers match exactly, or a decimal of 4+
+significant digits matches the exact value it rounds to (never a fixed tolerance: a number with one digit changed,
+at any magnitude, is not equal), and a percentage matches its value and value / 100. Equations match when one is
+a non-zero multiple of the other; an equation chain ``x = 5+5+1 = 11`` is its ends.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 import re
-import threading
 from collections.abc import Callable, Sequence
-from typing import Any
 
+from sq_jax.eval.extract import prose_value
 from sq_jax.eval.normalize import (
     answer_key,
     elements,
@@ -32,45 +31,26 @@ from sq_jax.eval.normalize import (
     simple_lhs_rhs,
     split_eq,
 )
+from sq_jax.eval.symbolic import (
+    MAX_SYMBOLIC_CHARS,
+    MAX_SYMBOLIC_DEPTH,
+    compare_constants,
+    differ_at_a_point,
+    proportional,
+    signal_timeout,
+    to_sympy,
+)
 
 __all__ = ["answers_match", "normalize_answer", "quick_match"]
 
-# Beyond these sizes an answer is compared as a string only: nothing sensible is that long or deep, and
-# sympy on it is how graders stall.
-MAX_SYMBOLIC_CHARS = 600
-MAX_SYMBOLIC_DEPTH = 30
 MAX_QUICK_CHARS = 5000
 _BASE_SUBSCRIPT = re.compile(r"\d\s*_")
+_NAME = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?(?:\([^()=]*\))?")
+_LABEL_COLON = re.compile(r"(?:[<>]|\\[lg]e(?:q)?(?![a-zA-Z]))[^:]*:")
+_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")  # a plain word, not a command name
+_VARIABLE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]")  # a letter that is not part of a command like \frac
+_SEQUENCE = re.compile(r"([(\[])(.*)([)\]])", re.DOTALL)
 
-logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns on every parse timeout it handles
-
-
-def _signal_timeout(timeout_s: float | None) -> int | None:
-    # math-verify's timeout is signal.alarm: whole seconds, and only in the main thread.
-    if timeout_s and threading.current_thread() is threading.main_thread():
-        return max(1, int(timeout_s))
-    return None
-
-
-def _to_sympy(latex: str, timeout: int | None) -> Any:
-    """The whole string as one sympy object, or None.
-
-    math-verify's `parse` is not used: when the LaTeX does not parse it falls back to the first number
-    it can find, so "-3 b^{4}+23 b^{3}-" became -3 and matched any other answer starting with -3.
-    """
-    from math_verify.errors import TimeoutException
-    from math_verify.parser import LatexExtractionConfig, convert_to_pct, normalize_latex, parse_latex_cached
-    from math_verify.utils import timeout as with_timeout
-
-    pct = latex.endswith("%")
-    text = normalize_latex(latex[:-1] if pct else latex, config=LatexExtractionConfig().normalization_config)
-    try:
-        expr = with_timeout(timeout_seconds=timeout)(parse_latex_cached)(text)
-    except TimeoutException:
-        return None
-    except Exception:  # latex2sympy raises many unrelated types for LaTeX it cannot read: not an answer
-        return None
-    return convert_to_pct(expr) if pct else expr
 
 
 def _symbolic(pred: str, gold: str, timeout_s: float | None) -> bool:
@@ -79,55 +59,21 @@ def _symbolic(pred: str, gold: str, timeout_s: float | None) -> bool:
         return False
     if _BASE_SUBSCRIPT.search(pred) or _BASE_SUBSCRIPT.search(gold):
         return False  # 204_6 vs 204_5: the parser drops a number's subscript (its base)
+    if any(_LABEL_COLON.search(x) for x in (pred, gold)):
+        return False  # "n>8: (8, \\infty)": the parser reads the label's colon as a division
     from math_verify import verify  # lazy: the fast path and its callers never pay for sympy
 
-    t = _signal_timeout(timeout_s)
-    gold_expr = _to_sympy(gold, t)
-    pred_expr = _to_sympy(pred, t) if gold_expr is not None else None
+    t = signal_timeout(timeout_s)
+    gold_expr = to_sympy(gold, t)
+    pred_expr = to_sympy(pred, t) if gold_expr is not None else None
     if gold_expr is None or pred_expr is None:
         return False
-    if _differ_at_a_point(gold_expr, pred_expr, t):
+    constant = compare_constants(gold_expr, pred_expr, answer_key(gold), answer_key(pred), t)
+    if constant is not None:
+        return constant
+    if differ_at_a_point(gold_expr, pred_expr, t):
         return False
     return bool(verify(gold_expr, pred_expr, timeout_seconds=t))
-
-
-# Values chosen to avoid poles and branch cuts of common answers (positive, not 0, 1, pi or e).
-_PROBE_VALUES = (0.5772156649, 1.3247179572, 0.6931471806, 1.4142135624, 0.9159655942, 1.2020569032)
-
-
-def _differ_at_a_point(a: Any, b: Any, timeout: int | None) -> bool:
-    """True when two expressions take clearly different values at one point: then they are not equal.
-
-    A sound shortcut for the common wrong answer (a changed coefficient): it saves math-verify's
-    simplify, which costs most of the symbolic time. Anything it cannot evaluate is inconclusive.
-    """
-    import sympy
-    from math_verify.errors import TimeoutException
-    from math_verify.utils import timeout as with_timeout
-
-    if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr)):
-        return False
-    if isinstance(a, sympy.MatrixExpr) or isinstance(b, sympy.MatrixExpr):
-        return False
-    hard = (sympy.Sum, sympy.Product, sympy.Integral, sympy.Limit, sympy.Derivative, sympy.Piecewise)
-    if a.has(*hard) or b.has(*hard):
-        return False  # numeric evaluation of these is slow or unreliable
-    symbols = sorted(a.free_symbols | b.free_symbols, key=str)
-    n = len(_PROBE_VALUES)
-    point = {s: sympy.Float(_PROBE_VALUES[i % n] + i // n) for i, s in enumerate(symbols)}
-
-    def values() -> tuple[complex, complex]:
-        return complex(a.evalf(30, subs=point)), complex(b.evalf(30, subs=point))
-
-    try:
-        va, vb = with_timeout(timeout_seconds=timeout)(values)()
-    except TimeoutException:
-        return False
-    except Exception:  # sympy's evalf fails in many ways (TypeError, RecursionError ...): inconclusive
-        return False
-    if not all(math.isfinite(x) for v in (va, vb) for x in (v.real, v.imag)):
-        return False
-    return abs(va - vb) > 1e-6 * max(1.0, abs(va), abs(vb))
 
 
 def _perfect_matching(n: int, edge: Callable[[int, int], bool]) -> bool:
@@ -146,7 +92,17 @@ def _perfect_matching(n: int, edge: Callable[[int, int], bool]) -> bool:
     return all(augment(p, [False] * n) for p in range(n))
 
 
+def _distinct(items: list[str]) -> list[str]:
+    """Items without repeats, by value where they are numbers (``15\\frac{39}{40}`` or ``\\frac{639}{40}``)."""
+    def key(x: str) -> object:
+        return parse_number(answer_key(x)) or answer_key(x)
+
+    return list({key(x): x for x in reversed(items)}.values())[::-1]
+
+
 def _match_lists(preds: list[str], golds: list[str], symbolic: bool, timeout_s: float | None) -> bool | None:
+    if len(preds) != len(golds):
+        preds, golds = _distinct(preds), _distinct(golds)  # a set written with a repeated element
     if len(preds) != len(golds):
         return False
     n = len(golds)
@@ -178,8 +134,9 @@ def _match_equations(
         quick = [_match_single(p, g, False, None) for p, g in zip(preds, golds)]
         if all(q is True for q in quick):
             return True
-        # With one side literally shared ("y = ..."), no rearrangement can make the other sides agree.
-        shared = any(answer_key(p) == answer_key(g) for p, g in zip(preds, golds))
+        # With a variable alone on one side in both ("y = ..."), no rearrangement can make the other sides agree.
+        # (Only a name: with a shared `0`, -34x-45y+20z-100=0 is 34x+45y-20z+100=0.)
+        shared = any(answer_key(p) == answer_key(g) and _NAME.fullmatch(answer_key(p)) for p, g in zip(preds, golds))
         if not symbolic:
             if shared and False in quick:
                 return False
@@ -194,39 +151,108 @@ def _match_equations(
         return False
     if not symbolic:
         return None
-    # The same equation rearranged: L1 - R1 == +-(L2 - R2).
-    diff = f"({preds[0]})-({preds[1]})"
-    return bool(
-        _match_single(diff, f"({golds[0]})-({golds[1]})", True, timeout_s)
-        or _match_single(diff, f"({golds[1]})-({golds[0]})", True, timeout_s)
-    )
+    # The same equation rearranged or scaled: L1 - R1 == c (L2 - R2) for a constant c != 0.
+    return proportional(f"({preds[0]})-({preds[1]})", f"({golds[0]})-({golds[1]})", timeout_s)
 
 
 def _match_single(pred: str, gold: str, symbolic: bool, timeout_s: float | None) -> bool | None:
     if answer_key(pred) == answer_key(gold):
         return True
+    # A sentence gold ("About 30.12 miles per hour") states its value the way an extracted answer statement does.
+    pred, gold = prose_value(pred), prose_value(gold)
+    if answer_key(pred) == answer_key(gold):
+        return True
     if is_prose(pred) or is_prose(gold):
         # math-verify would grade some formula it finds inside the sentence; sentences compare as text.
         return False
-    p_parts, g_parts = split_eq(pred), split_eq(gold)
+    if "\\approx" in pred and "\\approx" in gold:  # both give a decimal value: it must agree too
+        p_parts, g_parts = split_eq(pred), split_eq(gold)
+    else:
+        p_parts, g_parts = split_eq(_exact_part(pred)), split_eq(_exact_part(gold))
     if len(p_parts) > 1 and len(g_parts) > 1:
-        return _match_equations(p_parts, g_parts, symbolic, timeout_s)
+        return _match_equations(_chain_ends(p_parts), _chain_ends(g_parts), symbolic, timeout_s)
     p, g = pred, gold
     # "x = 3" against a bare "3": compare the value (only when the other side is not an equation).
-    if len(p_parts) > 1 or "\\in" in pred and "\\in" not in gold:
+    if len(p_parts) > 1:
+        p = _relation_value(p_parts) or pred
+    elif len(g_parts) > 1:
+        g = _relation_value(g_parts) or gold
+    elif "\\in" in pred and "\\in" not in gold:
         p = simple_lhs_rhs(pred) or pred
-    elif len(g_parts) > 1 or "\\in" in gold and "\\in" not in pred:
+    elif "\\in" in gold and "\\in" not in pred:
         g = simple_lhs_rhs(gold) or gold
     if len(split_eq(p)) > 1 or len(split_eq(g)) > 1:
         return False  # "x + y = 3" is not the value 3
     if (p, g) != (pred, gold) and answer_key(p) == answer_key(g):
         return True
+    seq = _match_sequences(p, g, symbolic, timeout_s)
+    if seq is not None:
+        return seq
     pn, gn = parse_number(answer_key(p)), parse_number(answer_key(g))
-    if pn is not None and gn is not None:
-        return numbers_close(pn, gn)  # both plain numbers: decided without sympy
+    if pn is not None and gn is not None:  # both plain numbers: decided without sympy
+        return numbers_close(pn, gn, answer_key(p), answer_key(g))
     if not symbolic:
         return None
     return _symbolic(p, g, timeout_s)
+
+
+def _match_sequences(pred: str, gold: str, symbolic: bool, timeout_s: float | None) -> bool | None:
+    """Tuples and intervals entry by entry (ordered, the same brackets), so each entry gets the number rules
+    (``(0.6,2.6667]`` is ``(\\frac{3}{5},\\frac{8}{3}]``); None when they are not both such sequences."""
+    mp, mg = _SEQUENCE.fullmatch(pred.strip()), _SEQUENCE.fullmatch(gold.strip())
+    if not (mp and mg) or (mp.group(1), mp.group(3)) != (mg.group(1), mg.group(3)):
+        return None
+    ps, gs = elements(mp.group(2)), elements(mg.group(2))
+    if len(ps) < 2 or len(ps) != len(gs) or any(nesting_depth(x) and not _balanced(x) for x in ps + gs):
+        return None
+    verdicts = [_match_single(a, b, symbolic, timeout_s) for a, b in zip(ps, gs)]
+    if False in verdicts:
+        return False
+    return None if None in verdicts else True
+
+
+def _balanced(s: str) -> bool:
+    depth = 0
+    for c in s:
+        depth += c in "([{"
+        depth -= c in ")]}"
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _plus_minus(items: list[str]) -> list[str]:
+    """``\\pm 2021`` is the two answers -2021 and 2021 (math-verify expands it the same way)."""
+    if len(items) == 1 and items[0].startswith("\\pm") and not items[0][3:4].isalpha():
+        rest = items[0][3:].strip()
+        return [f"-{rest}", rest] if rest else items
+    return items
+
+
+def _exact_part(s: str) -> str:
+    """``x = 1/3 \\approx 0.33`` -> ``x = 1/3``: an approximation after an exact value is not the answer."""
+    i = s.find("\\approx")
+    return s[:i].strip() if i > 0 and len(split_eq(s[:i])) > 1 else s
+
+
+def _chain_ends(parts: list[str]) -> list[str]:
+    """``z = 1 + 1 = 2`` -> ``z = 2``: the intermediate steps of a chain are working, not the answer. Not when
+    words stand between the signs ("p = 1/2 for y = 1"): that is a statement, not a chain."""
+    if len(parts) > 2 and not any(_WORD.search(x) for x in parts):
+        return [parts[0], parts[-1]]
+    return parts
+
+
+def _relation_value(parts: list[str]) -> str | None:
+    """The value a relation states, to compare with a bare gold: ``x = 3`` / ``x = 5+5+1 = 11`` /
+    ``5 \\times 6 = 30`` -> the last side; None for an equation such as ``x + y = 3`` or ``7 = 11a+c``."""
+    last = parts[-1]
+    named = simple_lhs_rhs(f"{parts[0]}={last}") is not None
+    if _VARIABLE.search(last) and not named:
+        return None
+    if named or all(not _VARIABLE.search(x) for x in parts):
+        return last
+    return last if len(parts) > 2 else None
 
 
 def _golds(gold: str | Sequence[str]) -> list[str]:
@@ -248,8 +274,8 @@ def _match(
     if not symbolic and max(len(prediction), *map(len, golds)) > MAX_QUICK_CHARS:
         # The parent process has no timeout: leave giant strings to the killable workers.
         return True if not multiple and prediction.strip() in {g.strip() for g in golds} else None
-    pred = normalize_answer(prediction, unit)
-    normed = [normalize_answer(g, unit) for g in golds]
+    pred = prose_value(normalize_answer(prediction, unit))
+    normed = [prose_value(normalize_answer(g, unit)) for g in golds]
     if multiple:
         # A multiple-answer gold is the union of its items, each of which may itself be a list.
         return _match_lists(elements(pred), [e for g in normed for e in elements(g)], symbolic, timeout_s)
@@ -257,8 +283,12 @@ def _match(
     for g in normed:  # a non-multiple list gold holds alternative spellings of one answer
         if answer_key(pred) == answer_key(g):
             return True
-        p_el, g_el = elements(pred), elements(g)
-        if len(p_el) > 1 or len(g_el) > 1:
+        p_el, g_el = _plus_minus(elements(pred)), _plus_minus(elements(g))
+        if len(p_el) == 1 and len(g_el) > 1 and pred.startswith("("):
+            r = _match_single(pred, f"({g})", symbolic, timeout_s)  # a tuple against "1,3": read it as (1,3)
+        elif len(g_el) == 1 and len(p_el) > 1 and g.startswith("("):
+            r = _match_single(f"({pred})", g, symbolic, timeout_s)
+        elif len(p_el) > 1 or len(g_el) > 1:
             r = _match_lists(p_el, g_el, symbolic, timeout_s)
         else:
             r = _match_single(pred, g, symbolic, timeout_s)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from sq_jax.eval.extract import matching_brace, strip_math_delimiters
+from sq_jax.eval.extract import is_prose, matching_brace, strip_math_delimiters
 
 __all__ = [
     "answer_key",
@@ -19,12 +19,14 @@ __all__ = [
     "normalize_answer",
     "numbers_close",
     "parse_number",
+    "rounds_to",
     "simple_lhs_rhs",
     "split_eq",
 ]
 
-REL_TOL = Fraction(1, 10**9)
-ABS_TOL = Fraction(1, 10**8)
+# Numbers are compared exactly, or as a rounding (`rounds_to`): any fixed tolerance passes a changed digit somewhere
+# (an absolute 1e-8 made 11.6e-24 equal 4.6e-24; a relative 1e-9 made 11111111101 equal 11111111100).
+ROUNDED_MIN_DIGITS = 4  # a decimal rounded to this many significant digits may stand for the exact value
 _MAX_NUMBER_CHARS = 60  # keeps exact Fraction arithmetic on the fast path trivially cheap
 
 _UNIT_WORDS = (
@@ -54,6 +56,11 @@ _SCI_RE = re.compile(rf"([+-]?{_DEC})(?:\\times|\\cdot)10\^(?:\{{([+-]?\d{{1,3}}
 _SLASH_RE = re.compile(rf"([+-]?{_DEC})/([+-]?{_DEC})")
 _FRAC_RE = re.compile(rf"([+-]?)\\frac\{{([+-]?{_DEC})\}}\{{([+-]?{_DEC})\}}")
 _MIXED_RE = re.compile(r"([+-]?)(\d+)\\frac\{(\d+)\}\{(\d+)\}")
+# "4 4/9" is four and four ninths; removing the space first made it 44/9.
+_SPACED_MIXED_RE = re.compile(r"(?<![\d.])(\d+)\s+(\d+)/(\d+)(?![\d.])")
+_SPACED_THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?: \d{3})+(?:\.\d+)?")
+_ASSIGNMENT_GROUP_RE = re.compile(r"\s*[A-Za-z]\w*\s*=\s*[^,;=]+(?:,\s*[A-Za-z]\w*\s*=\s*[^,;=]+)+\s*")
+_LABEL_RATIO_RE = re.compile(r"\\frac\{[A-Za-z]+\}\{[A-Za-z]+\}")
 _LHS_FORBIDDEN = re.compile(r"[+\-*/^<>]|\\(?:frac|sqrt|cdot|times)")
 
 _OPEN = "([{"
@@ -131,7 +138,8 @@ def normalize_answer(answer: str, unit: str | None = None) -> str:
     s = re.sub(r"\\[dt]frac(?![a-zA-Z])", r"\\frac", s)
     s = _LEFT_RIGHT_RE.sub("", s)
     s = s.replace("\\displaystyle", "")
-    s = re.sub(r"(?<!\\)\\!", "", s)  # negative thin space, as in 32,\!348
+    s = re.sub(r",\\!\s*", ",", s)  # a thousands comma with a negative thin space: 32,\! 348
+    s = re.sub(r"(?<!\\)\\!", "", s)
     s = _SPACING_RE.sub(" ", s)
     s = _DEGREE_RE.sub("", s)
     s = _unwrap_text(s)
@@ -149,7 +157,27 @@ def normalize_answer(answer: str, unit: str | None = None) -> str:
         s = s[:-1].strip() if s.endswith(".") else s
     if _THOUSANDS_RE.fullmatch(s):
         s = s.replace(",", "")
+    elif _SPACED_THOUSANDS_RE.fullmatch(s):
+        s = s.replace(" ", "")
+    s = _SPACED_MIXED_RE.sub(r"\1\\frac{\2}{\3}", s)
+    s = _assignments_as_tuples(_unbrace(s.strip()))
     return s.strip()
+
+
+def _unbrace(s: str) -> str:
+    """``{1,2,3}``: TeX grouping braces around the whole answer (a set written without ``\\{``)."""
+    if s.startswith("{") and s.endswith("}") and matching_brace(s, 0) == len(s) - 1:
+        return s[1:-1].strip()
+    return s
+
+
+def _assignments_as_tuples(s: str) -> str:
+    """``p=5,q=2;p=7,q=2`` -> ``(5,2),(7,2)``: solution groups written as assignments (math-verify reads only
+    the last assignment of each group)."""
+    groups = s.split(";")
+    if len(groups) < 2 or not all(_ASSIGNMENT_GROUP_RE.fullmatch(g) for g in groups):
+        return s
+    return ",".join("(" + ",".join(a.split("=", 1)[1].strip() for a in g.split(",")) + ")" for g in groups)
 
 
 def answer_key(s: str) -> str:
@@ -194,19 +222,45 @@ def parse_number(key: str) -> tuple[Fraction, bool] | None:
     return None
 
 
-def numbers_close(a: tuple[Fraction, bool], b: tuple[Fraction, bool]) -> bool:
+def numbers_close(a: tuple[Fraction, bool], b: tuple[Fraction, bool], a_key: str = "", b_key: str = "") -> bool:
+    """Equal values (a percentage also as value / 100), or one side a 4+ digit decimal rounding of the other."""
     def candidates(x: tuple[Fraction, bool]) -> tuple[Fraction, ...]:
         return (x[0], x[0] / 100) if x[1] else (x[0],)
 
-    for x in candidates(a):
-        for y in candidates(b):
-            if abs(x - y) <= max(REL_TOL * max(abs(x), abs(y)), ABS_TOL):
-                return True
-    return False
+    if any(x == y for x in candidates(a) for y in candidates(b)):
+        return True
+    if a[1] or b[1]:
+        return False
+    return rounds_to(a_key, b[0]) or rounds_to(b_key, a[0]) or _float_noise(a_key, b_key, a[0], b[0])
+
+
+def _significant_digits(key: str) -> int:
+    m = re.fullmatch(r"[+-]?(\d*)(?:\.(\d*))?(?:[eE][+-]?\d+)?", key)
+    return len((m.group(1) + (m.group(2) or "")).lstrip("0")) if m else 0
+
+
+def _float_noise(a_key: str, b_key: str, a: Fraction, b: Fraction) -> bool:
+    """``2.0000000000001`` for 2: binary floating-point noise in a long decimal against a much shorter number.
+    (A changed digit keeps both sides equally long, so it is never taken for noise.)"""
+    long, short = sorted((_significant_digits(a_key), _significant_digits(b_key)), reverse=True)
+    return long >= 13 and short <= long - 4 and abs(a - b) <= Fraction(1, 10**12) * max(abs(a), abs(b))
+
+
+def rounds_to(key: str, value: Fraction) -> bool:
+    """``key`` is a decimal of at least `ROUNDED_MIN_DIGITS` significant digits that ``value`` rounds to
+    (``2.6667`` for 8/3, ``0.3333`` for 1/3): a model's rounding of an exact answer, with no looser tolerance
+    that would pass a number with one digit changed."""
+    m = re.fullmatch(r"[+-]?(\d*)\.(\d+)", key)
+    if not m or len((m.group(1) + m.group(2)).lstrip("0")) < ROUNDED_MIN_DIGITS:
+        return False
+    decimals = len(m.group(2))
+    return abs(Fraction(key) - value) * 2 * 10**decimals <= 1
 
 
 def _split_top(s: str) -> list[str]:
-    """Split at top-level commas / semicolons / "or" / "and"; brackets of any kind (and ``\\{``) nest."""
+    """Split at top-level commas / semicolons / "or" / "and" / line breaks; brackets of any kind (and ``\\{``)
+    nest. A line break separates answers ("y_1 = ...\\n y_2 = ...") except inside a ``\\begin`` environment."""
+    separators = ",;" if "\\begin" in s else ",;\n"
     parts: list[str] = []
     depth = 0
     start = 0
@@ -221,14 +275,14 @@ def _split_top(s: str) -> list[str]:
             depth += 1
         elif c in _CLOSE:
             depth -= 1
-        elif depth == 0 and c in ",;":
+        elif depth == 0 and c in separators:
             parts.append(s[start:i])
             start = i + 1
         i += 1
     parts.append(s[start:])
     out: list[str] = []
     for p in parts:  # "2 or 3" is a list too, unless the brackets did not balance (then leave it whole)
-        out.extend(re.split(r"\s+(?:or|and)\s+", p) if depth == 0 else [p])
+        out.extend(re.split(r"\s+(?:or|and)\s+|(?<=[)\]])\s*(?:or|and)\s*(?=[(\[])", p) if depth == 0 else [p])
     return [p.strip() for p in out if p.strip()]
 
 
@@ -266,6 +320,8 @@ def simple_lhs_rhs(s: str) -> str | None:
     if not m or "=" in m.group(2):
         return None
     lhs = m.group(1).strip()
+    if _LABEL_RATIO_RE.fullmatch(lhs):
+        return m.group(2).strip()  # a named ratio, "\frac{NO}{BO} = \frac{1}{\sqrt{6}}"
     if not lhs or _LHS_FORBIDDEN.search(lhs) or not re.search(r"[A-Za-z]", lhs):
         return None
     return m.group(2).strip()
@@ -299,14 +355,3 @@ def split_eq(s: str) -> list[str]:
             start = i + 1
     parts.append(s[start:])
     return [p.strip() for p in parts]
-
-
-def is_prose(s: str) -> bool:
-    """Two adjacent plain words ("the distribution", "no solution"): a sentence, not a formula."""
-    words = list(re.finditer(r"(?<![\\A-Za-z])[A-Za-z]{2,}(?![A-Za-z])", s))
-    return any(
-        max(len(a.group(0)), len(b.group(0))) >= 3 and not s[a.end() : b.start()].strip()
-        for a, b in zip(words, words[1:])
-    )
-
-

@@ -151,7 +151,8 @@ def score(items: dict[str, list[BenchmarkItem]], outputs: dict[str, list[dict[st
         records.append({
             "benchmark": name, "id": item.id, "sample": sample["sample"], "prompt": sample.get("prompt"),
             "output": sample["output"], "finish_reason": sample.get("finish_reason"), "extracted": result.extracted,
-            "gold": item.gold, "correct": result.correct, "timed_out": result.timed_out, "error": result.error,
+            "gold": item.gold, "multiple": item.multiple, "unit": item.unit,
+            "correct": result.correct, "timed_out": result.timed_out, "error": result.error,
         })
         per_question[(name, item.id)].append((result, item.unit))
     metrics: dict[str, dict[str, float]] = {}
@@ -214,3 +215,52 @@ def run_eval(cfg: EvalConfig, *, collective: bool = True) -> dict[str, Any]:
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(markdown_report(cfg, metrics))
     return report
+
+
+def regrade(samples_path: str | Path, diff_path: str | Path | None = None, *, data_dir: str | None = None,
+            workers: int | None = None, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Grade the outputs of a saved `samples.jsonl` again with the current grader.
+
+    Writes every sample whose verdict changed (old and new verdict and extracted answer, with the gold) to
+    ``diff_path`` (default: ``regrade-diff.jsonl`` beside the samples) and returns the counts, per benchmark
+    and overall. Records written before they carried ``multiple`` and ``unit`` take them from the benchmark
+    items under ``data_dir``; a list gold with neither is an error (guessing would change verdicts silently).
+    """
+    samples_path = Path(samples_path)
+    recs = read_records(samples_path, fields=("benchmark", "id", "output", "gold", "correct"))
+    items: dict[tuple[str, str], BenchmarkItem] = {}
+    if data_dir and any("multiple" not in r.data for r in recs):
+        for name in sorted({r.data["benchmark"] for r in recs}):
+            path = None if name.startswith("jsonl:") else str(Path(data_dir) / name / "test.jsonl")
+            items.update({(name, it.id): it for it in load_benchmark(name, path=path)})
+    requests = []
+    for rec in recs:
+        d = rec.data
+        item = items.get((d["benchmark"], d["id"]))
+        if "multiple" not in d and item is not None:
+            d = {**d, "multiple": item.multiple, "unit": item.unit}
+        elif not isinstance(d["gold"], str) and "multiple" not in d:
+            raise ValueError(f"{rec.where}: gold is a list but the record has no 'multiple' field; "
+                             "pass --data-dir with the benchmark files, or rerun `sq-jax eval`")
+        requests.append(GradeRequest(d["output"], d["gold"], bool(d.get("multiple", False)), d.get("unit")))
+    results = grade_many(requests, workers=workers, timeout_s=timeout_s)
+    changed, counts = [], collections.defaultdict(collections.Counter)
+    for rec, new in zip(recs, results):
+        d = rec.data
+        c = counts[d["benchmark"]]
+        c["samples"] += 1
+        c["old_correct"] += bool(d["correct"])
+        c["new_correct"] += new.correct
+        if new.correct != bool(d["correct"]):
+            c["now_correct" if new.correct else "now_wrong"] += 1
+            changed.append({"benchmark": d["benchmark"], "id": d["id"], "sample": d.get("sample"), "gold": d["gold"],
+                            "old_extracted": d.get("extracted"), "new_extracted": new.extracted,
+                            "old_correct": bool(d["correct"]), "new_correct": new.correct, "error": new.error,
+                            "line": rec.line})
+    diff_path = Path(diff_path) if diff_path else samples_path.with_name("regrade-diff.jsonl")
+    write_jsonl(diff_path, changed)
+    keys = ("samples", "old_correct", "new_correct", "now_correct", "now_wrong")
+    total = sum(counts.values(), collections.Counter())
+    summary: dict[str, Any] = {name: {k: c[k] for k in keys} for name, c in [*counts.items(), ("overall", total)]}
+    summary["diff_path"] = str(diff_path)
+    return summary

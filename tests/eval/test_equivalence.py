@@ -117,6 +117,48 @@ CASES = [
     ("-3 b^{4}+23 b^{3}-", "-3 b^{4}+13 b^{3}-", False),
     ("L(1) / L(3)=4.4, so f is 4.4 times more likely", "L(1) / L(2)=4.4, so f is 4.4 times more likely", False),
     ("5000 e^{0.3} \\approx 31", "5000 e^{0.3} \\approx 30", False),
+    # mixed numbers keep their space's meaning
+    ("4 4/9", "\\frac{40}{9}", True),
+    ("4 4/9", "44/9", False),
+    ("2 1/2", "21/2", False),
+    # no tolerance passes a changed digit, at any magnitude; a 4+ digit rounding of an exact value passes
+    ("11.6e-24", "4.6e-24", False),
+    ("10.89e-10", "3.89e-10", False),
+    ("1.6 \\times 10^{-19}", "1.7 \\times 10^{-19}", False),
+    ("\\frac{1}{10^{9}}", "\\frac{2}{10^{9}}", False),
+    ("11111111101", "11111111100", False),
+    ("2.6667", "\\frac{8}{3}", True),
+    ("0.3333", "\\frac{1}{3}", True),
+    ("0.3", "\\frac{1}{3}", False),
+    ("1.414", "\\sqrt{2}", True),
+    ("1.415", "\\sqrt{2}", False),
+    ("(0.6,2.6667]", "(\\frac{3}{5},\\frac{8}{3}]", True),
+    # equations: sign flips and scalar multiples, approximations, chains
+    ("-34x-45y+20z-100=0", "34x+45y-20z+100=0", True),
+    ("x - y = 0", "y - x = 0", True),
+    ("x^2/16 + y^2/12 = 1/4", "x^2/4 + y^2/3 = 1", True),
+    ("y=-\\frac{1}{2}x+\\frac{3}{4}", "2x+4y-3=0", True),
+    ("y = 2x + 1", "y = 2x + 2", False),
+    ("x - y = 0", "x + y = 0", False),
+    ("x \\approx 11", "11", True),
+    ("x = 5+5+1 = 11", "11", True),
+    ("x = 5+5+1 = 7 = 11", "x = 11", True),
+    ("7 = 11a+c", "11a+c", False),
+    ("x + y = 3", "3", False),
+    # separators and labelled answers
+    ("32,\\! 349", "32349", True),
+    ("11,\\! 111,\\! 111,\\! 101", "11,\\! 111,\\! 111,\\! 100", False),
+    ("\\frac{1}{\\sqrt{6}}", "\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}", True),
+    ("\\frac{1}{\\sqrt{5}}", "\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}", False),
+    # sets: braces, repeats, a plus-minus, assignments
+    ("{1,2,3}", "1, 2, 3", True),
+    ("(1,2),(2,1),(1,2)", "(2,1),(1,2)", True),
+    ("{-2021, 2021}", "\\pm 2021", True),
+    ("2021", "\\pm 2021", False),
+    ("(5,2),(7,2)", "p=5,q=2;p=7,q=2", True),
+    ("(11,7), (7,11)", "(11,7)or(7,11)", True),
+    ("1,3", "(1,3)", True),
+    ("3,1", "(1,3)", False),
 ]
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from sq_jax.cli import main
-from sq_jax.eval.benchmarks import BenchmarkItem
+from sq_jax.eval.benchmarks import BenchmarkItem, load_benchmark
 from sq_jax.eval.runner import EvalConfig, markdown_report, score
 from sq_jax.models.tiny import build_tiny
 
@@ -73,6 +73,7 @@ def test_accuracy_pass_at_k_and_majority_vote():
     assert toy["maj@3"] == pytest.approx(100 * 1 / 3)
     assert [r["correct"] for r in records] == [True, False, True, False, False, True, False, False, False]
     assert records[0]["extracted"] == "0.5" and records[6]["extracted"] in (None, "")
+    assert records[0]["multiple"] is False and records[0]["unit"] is None  # what a regrade needs
     table = markdown_report(cfg, metrics)
     assert "| toy | 3 | 33.3 | 66.7 | 33.3 | 0 |" in table
 
@@ -82,3 +83,45 @@ def test_bad_eval_settings_are_clear(tmp_path, shared_data):
         EvalConfig(model="m", output_dir="o", samples=4)
     assert main(["eval", "--model", "m", "--benchmarks", "gsm9k", "--data-dir", str(shared_data),
                  "--output-dir", str(tmp_path)]) == 2
+
+
+def test_regrade_writes_the_changed_verdicts_to_a_diff_file(tmp_path, capsys):
+    # samples.jsonl as an older grader wrote it: the first two verdicts are what that grader got wrong.
+    old = [
+        {"benchmark": "olympiadbench", "id": "a", "sample": 0, "gold": "(2, 2), (6, 2)", "extracted": "(6, 2)",
+         "correct": False, "output": "$$\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}$$"},
+        {"benchmark": "gsm8k", "id": "b", "sample": 0, "gold": "3", "extracted": "3", "correct": True,
+         "output": "So x = 2/3."},
+        {"benchmark": "gsm8k", "id": "c", "sample": 0, "gold": "18", "extracted": "18", "correct": True,
+         "output": "The answer is 18."},
+        {"benchmark": "olympiadbench", "id": "d", "sample": 0, "gold": ["1", "2"], "multiple": True, "unit": None,
+         "extracted": "3", "correct": False, "output": "\\boxed{3}"},
+    ]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in old))
+    diff = tmp_path / "diff.jsonl"
+    assert main(["eval", "--regrade", str(samples), "--diff", str(diff), "--grade-workers", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["overall"] == {"samples": 4, "old_correct": 2, "new_correct": 2, "now_correct": 1, "now_wrong": 1}
+    assert summary["gsm8k"]["now_wrong"] == 1 and summary["olympiadbench"]["now_correct"] == 1
+    changed = [json.loads(line) for line in diff.read_text().splitlines()]
+    assert [(c["id"], c["old_correct"], c["new_correct"]) for c in changed] == [("a", False, True), ("b", True, False)]
+    assert changed[0]["old_extracted"] == "(6, 2)" and changed[0]["new_extracted"] == "(2, 2), (6, 2)"
+    assert changed[1]["gold"] == "3" and changed[1]["new_extracted"] == "2/3" and changed[1]["line"] == 2
+
+    # A list gold without its `multiple` flag cannot be regraded without guessing: the error names the line.
+    del old[3]["multiple"]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in old))
+    assert main(["eval", "--regrade", str(samples)]) == 2
+    assert f"{samples}:4: gold is a list but the record has no 'multiple' field" in capsys.readouterr().err
+
+
+def test_regrade_takes_multiple_and_unit_of_old_records_from_the_benchmark(tmp_path, shared_data, capsys):
+    item = load_benchmark("olympiadbench", path=str(shared_data / "olympiadbench/test.jsonl"))[0]
+    answer = ", ".join(item.gold) if isinstance(item.gold, list) else item.gold
+    old = {"benchmark": "olympiadbench", "id": item.id, "sample": 0, "gold": item.gold, "extracted": None,
+           "correct": False, "output": f"The final answer is $\\boxed{{{answer}}}$."}
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps(old) + "\n")
+    assert main(["eval", "--regrade", str(samples), "--data-dir", str(shared_data), "--grade-workers", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["overall"]["now_correct"] == 1

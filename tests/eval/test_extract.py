@@ -65,3 +65,42 @@ def test_gsm8k_gold() -> None:
     assert gsm8k_gold("#### -5") == "-5"
     with pytest.raises(ValueError, match="####"):
         gsm8k_gold("no marker 18")
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        # Several boxes linked by connectives are one (list) answer; boxes with prose between them are not.
+        ("$$\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}$$", "(2, 2), (6, 2)"),
+        ("\\boxed{1},\\boxed{2},\\boxed{3}", "1, 2, 3"),
+        ("\\($y_1 = \\boxed{-2(x - 1)^2 + 5} \\) and \\( y_2 = \\boxed{3(x + 2)^2 - 2} \\)",
+         "-2(x - 1)^2 + 5, 3(x + 2)^2 - 2"),
+        ("\\boxed{004}.\n\nBut let me check again: the sum is 2,552,004.\n\n**Final Answer**\n\\boxed{004}", "004"),
+        ("\\boxed{1} no no no no no \\boxed{2}", "2"),
+        # An answer statement after the last box is the final word; one without math leaves the box.
+        ("so \\boxed{255}. Then $10,200 + $255 = $10,455. Final Answer: The final answer is $10,455$.", "10,455"),
+        ("\\boxed{5}. So the answer is correct.", "5"),
+        # Unboxed replies: the last math span, tuple, inequality or fraction before a bare last number.
+        ("So x = 2/3.", "2/3"),
+        ("The solution is (7, 6)", "(7, 6)"),
+        ("hence x \\geq 5", "x \\geq 5"),
+        ("Answer \\( (9+1) \\)", "(9+1)"),
+        ("we get \\frac{10}{9}", "\\frac{10}{9}"),
+        ("So x = 4 4/9", "4 4/9"),
+        ("$21,16$ or $11$", "21,16, 11"),
+        ("Thus $5+3=8$ and $8 \\times 2=16$", "16"),  # a worked solution's last span states its value
+        ("so we solve\n$$\n\\begin{aligned}\n4 x & =17 \\\\\nx & =4.25\n\\end{aligned}\n$$", "4.25"),
+        ("so $x+y=4027$.", "4027"),
+        ("$x^2/16 + y^2/12 = 1/4$", "x^2/16 + y^2/12 = 1/4"),  # the whole reply is the equation: it is the answer
+        ("With $T=17, n=19$.", "19"),
+        ("there are 41 such integers $n$.", "41"),
+        ("I paid $5 and $6 so the total is 11", "11"),
+        ("and 1 000", "1000"),
+        # Prose answer statements give their value.
+        ("Final Answer: The largest $n$ is 34.", "34"),
+        ("Final Answer: Jane started growing Sphere 3 hours ago. I hope it is correct.", "3"),
+        ("The final answer is \\\"$12 $ and $13 $\\\". I hope it is correct.", "12  and 13"),
+    ],
+)
+def test_extract_answer_multi_part_and_unboxed(text: str, expected: str) -> None:
+    assert extract_answer(text) == expected
