@@ -49,6 +49,7 @@ def test_notebook_runs_top_to_bottom_and_shows_the_questions(notebook_run):
     assert "stages: tiny -> seeds -> qft" in text
     real = "".join(o.get("text", "") for o in nb.cells[-1].outputs)  # the real generator's config loads
     assert "synthesize" in real and "optimise" in real and "eval" in real
+    assert "memory plan per chip on v5e-1" in real and "  NO " not in real  # the Colab config's plan: it fits
     clean = nbformat.read(NOTEBOOK, as_version=4)  # the repo's copy carries no outputs
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in clean.cells if c.cell_type == "code")
 
