@@ -57,6 +57,12 @@ class StageContext:
             return sum(1 for _ in rows)
         return write_jsonl(self.dir / RECORDS, rows)
 
+    def write_dropped(self, rows: Iterable[dict[str, Any]]) -> int:
+        """`dropped.jsonl`: what a filter set apart, each row with its reason (process 0 writes it)."""
+        if not self.writer:
+            return sum(1 for _ in rows)
+        return write_jsonl(self.dir / "dropped.jsonl", rows)
+
     def count_records(self) -> int:
         path = self.dir / RECORDS
         if not path.is_file():

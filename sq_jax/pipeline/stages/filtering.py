@@ -8,13 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from sq_jax.data.sources import write_jsonl
 from sq_jax.pipeline.filters import Decontaminator, NearDuplicateFilter, decontaminate, dedup, language_problem
 from sq_jax.pipeline.stages import Kind, StageContext
 
 
 def _finish(ctx: StageContext, kept: list[dict], dropped: list[dict], stats: dict[str, Any]) -> dict[str, Any]:
-    write_jsonl(ctx.dir / "dropped.jsonl", dropped)
+    ctx.write_dropped(dropped)
     stats.update(input=len(kept) + len(dropped), kept=ctx.write_records(kept), dropped=len(dropped))
     return stats
 

@@ -91,8 +91,7 @@ def synthesize(ctx: StageContext, cfg: SynthesisConfig) -> dict[str, Any]:
     outputs, stats = generate(ctx, cfg, "pre_query", count=cfg.count)
     rows, truncated, stats["errors"] = finished_questions(outputs, ctx.name, keep_truncated=cfg.keep_truncated)
     stats["dropped_length"] = len(truncated)
-    if ctx.writer:
-        write_jsonl(ctx.dir / "dropped.jsonl", ({**r, "reason": "length"} for r in truncated))
+    ctx.write_dropped({**r, "reason": "length"} for r in truncated)
     stats["questions"] = ctx.write_records(rows)
     return stats
 
@@ -144,8 +143,7 @@ def judge(ctx: StageContext, cfg: JudgeConfig) -> dict[str, Any]:
     outputs, stats = generate(ctx, cfg, "judge", rows, judge_prompt=cfg.prompt)
     kept, dropped, counts = tally_verdicts(rows, {o["prompt_id"]: o for o in outputs}, cfg.on_no_verdict)
     ctx.write_records(kept)
-    if ctx.writer:
-        write_jsonl(ctx.dir / "dropped.jsonl", dropped)
+    ctx.write_dropped(dropped)
     return {**stats, **counts}
 
 
