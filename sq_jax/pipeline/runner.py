@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from sq_jax.configlib import config_hash
+from sq_jax.data.dataset import parts_digest, read_json, write_json_atomic
 from sq_jax.parallel.distributed import failed_processes, is_lead, sync
 from sq_jax.pipeline.config import PipelineConfig, stage_config
 from sq_jax.pipeline.plan import refuse_unfit_stages
-from sq_jax.pipeline.stages import KINDS, StageContext, StageError
+from sq_jax.pipeline.stages import DROPPED, KINDS, RECORDS, STAGE_MANIFEST, StageContext, StageError
 
 log = logging.getLogger(__name__)
-MANIFEST = "_stage.json"
+MANIFEST = STAGE_MANIFEST
 
 
 def _path_fingerprint(path: Path) -> Any:
@@ -65,14 +66,11 @@ def fingerprints(cfg: PipelineConfig) -> dict[str, str]:
 
 
 def read_manifest(stage_dir: Path) -> dict[str, Any]:
-    path = stage_dir / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(stage_dir / MANIFEST)
 
 
 def _write_manifest(stage_dir: Path, manifest: dict[str, Any]) -> None:
-    tmp = stage_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    tmp.replace(stage_dir / MANIFEST)
+    write_json_atomic(stage_dir / MANIFEST, manifest)
 
 
 def stage_status(cfg: PipelineConfig) -> list[dict[str, Any]]:
@@ -131,6 +129,8 @@ def run_pipeline(cfg: PipelineConfig, *, only: str | None = None, start: str | N
             if manifest.get("fingerprint") not in (None, fps[name]):
                 log.info("stage %s: config or inputs changed; rerunning from scratch", name)
                 shutil.rmtree(stage_dir)
+            for written in (RECORDS, DROPPED):  # rewritten from the stage's resumable work (generate/, scores/)
+                shutil.rmtree(stage_dir / written, ignore_errors=True)
             stage_dir.mkdir(parents=True, exist_ok=True)
             _write_manifest(stage_dir, {"stage": name, "kind": spec.kind, "fingerprint": fps[name],
                                         "status": "running"})
@@ -144,6 +144,9 @@ def run_pipeline(cfg: PipelineConfig, *, only: str | None = None, start: str | N
         if kind.collective or lead:
             try:
                 stats = kind.run(ctx, stage_config(kind.config, spec, name, "pipeline"))
+                if lead and kind.produces == "records" and ctx.count_records() == 0:
+                    raise StageError(name, f"produced no records (stats: {json.dumps(stats, default=str)}); "
+                                           "every later stage would have nothing to work on")
             except StageError as e:
                 error = e
             except (ValueError, FileNotFoundError) as e:  # bad input data or settings: say which stage met it
@@ -157,13 +160,14 @@ def run_pipeline(cfg: PipelineConfig, *, only: str | None = None, start: str | N
         if failed:
             raise StageError(name, f"failed in process(es) {failed}; see their logs")
         seconds = time.perf_counter() - started
-        counts = {"records": ctx.count_records()} if kind.produces == "records" else {}
-        if kind.produces == "records" and counts["records"] == 0:
-            raise StageError(name, f"produced no records (stats: {json.dumps(stats, default=str)}); "
-                                   "every later stage would have nothing to work on")
+        counts = {}
+        if kind.produces == "records" and lead:  # only process 0 writes records (the others may not have read any)
+            counts = {"records": ctx.count_records()}
+            counts["rows_per_s"] = round(counts["records"] / max(seconds, 1e-9), 1)
         if lead:
             _write_manifest(stage_dir, {"stage": name, "kind": spec.kind, "fingerprint": fps[name],
-                                        "status": "done", "seconds": seconds, "counts": counts, "stats": stats})
+                                        "status": "done", "seconds": seconds, "counts": counts, "stats": stats,
+                                        "parts": ctx.record_parts(), "content": parts_digest(ctx.record_parts())})
             write_report(cfg)  # after every stage: a later stage (the export's card) and a watcher can read it
         sync(f"pipeline-done:{name}")
     return write_report(cfg) if lead else {}
@@ -193,10 +197,11 @@ def _fmt(value: Any) -> str:
 
 def report_markdown(report: dict[str, Any]) -> str:
     lines = ["# sq-jax pipeline run", "", f"Output: `{report['output_dir']}`, seed {report['seed']}.", "",
-             "| stage | kind | status | records | seconds | stats |", "|---|---|---|---|---|---|"]
+             "| stage | kind | status | records | seconds | rows/s | stats |", "|---|---|---|---|---|---|---|"]
     for s in report["stages"]:
         secs = f"{s['seconds']:.1f}" if s["seconds"] is not None else ""
+        rate = s["counts"].get("rows_per_s", "")
         lines.append(f"| {s['stage']} | {s['kind']} | {s['status']} | {s['counts'].get('records', '')} | {secs} | "
-                     f"{_fmt(s['stats'])} |")
+                     f"{_fmt(rate)} | {_fmt(s['stats'])} |")
     return "\n".join(lines) + "\n"
 

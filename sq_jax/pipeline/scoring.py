@@ -1,5 +1,9 @@
-"""Batched scalar scoring with a score-head model (the difficulty scorer, the reward model): sequences sorted by
-length into padded buckets, one jitted forward per bucket shape, each read at its pooling token.
+"""Scalar scoring with a score-head model (the difficulty scorer, the reward model): sequences packed several to a
+row with segment ids (positions restart per sequence, attention stays inside it), one jitted forward for one row
+shape, each sequence read at its pooling token.
+
+Packing rather than one padded sequence a row: reward inputs run from ~100 to 4096 tokens, so a padded row of a
+7B forward pass would be mostly padding; packed, most of its tokens are real.
 
 The pooling token is part of the scorer: a model whose config.json has `reward_token_id` (internlm2-7b-reward's
 `get_score` appends token 92527 and reads `v_head` there) gets that token appended to every sequence and is read
@@ -15,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sq_jax.data.packing import plan_packing
 from sq_jax.models.checkpoint import load_model
-from sq_jax.models.transformer import Transformer, pool_last_token
+from sq_jax.models.transformer import Transformer
 from sq_jax.parallel.mesh import make_mesh
 
 
@@ -40,36 +45,71 @@ def pooled_sequence(tokens: Sequence[int], reward_token_id: int | None, max_leng
     return (tokens[-(max_length - 1):] if max_length else tokens) + [int(reward_token_id)]
 
 
+def pack_plan(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """Rows of sequence indices, each row's lengths summing to <= `width`: longest first, first fit (the same
+    input always gives the same rows, so a rerun scores exactly the same batches)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return plan_packing(lengths, order, width, open_bins=64)
+
+
+class PackedScorer:
+    """Scores token sequences packed `rows` x `width` per forward call (one compile for the stage)."""
+
+    def __init__(self, model: Transformer, *, rows: int = 32, width: int = 512, max_length: int | None = None):
+        if max_length is not None and max_length > width:
+            raise ValueError(f"max_length={max_length} is longer than a packed row (width {width})")
+        devices = jax.local_device_count()
+        self.rows = -(-rows // devices) * devices  # rows shard over every local device
+        self.width, self.max_length = width, max_length or width
+        self.reward_token_id = model.config.reward_token_id
+        graphdef, self._state = nnx.split(model)
+
+        @jax.jit
+        def forward(state, tokens, positions, segments):  # params as an argument: a closure bakes 7B into the HLO
+            out = nnx.merge(graphdef, state)(tokens, positions, segments).logits
+            return out[..., 0].astype(jnp.float32)
+
+        self._forward = forward
+
+    def __call__(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        """The first label's score of each sequence (cut on the left to `max_length`), in input order."""
+        if not sequences:
+            return np.zeros(0, np.float32)
+        if any(len(s) == 0 for s in sequences):
+            raise ValueError("cannot score an empty sequence")
+        seqs = [np.asarray(pooled_sequence(s, self.reward_token_id, self.max_length), np.int32) for s in sequences]
+        plan = pack_plan([len(s) for s in seqs], self.width)
+        out = np.zeros(len(seqs), np.float32)
+        for start in range(0, len(plan), self.rows):
+            batch = plan[start : start + self.rows]
+            tokens = np.zeros((self.rows, self.width), np.int32)
+            positions = np.zeros_like(tokens)
+            segments = np.zeros_like(tokens)
+            reads: list[tuple[int, int, int]] = []  # (sequence, row, column of its pooling token)
+            for row, members in enumerate(batch):
+                offset = 0
+                for segment, i in enumerate(members, start=1):
+                    n = len(seqs[i])
+                    tokens[row, offset : offset + n] = seqs[i]
+                    positions[row, offset : offset + n] = np.arange(n)
+                    segments[row, offset : offset + n] = segment
+                    reads.append((i, row, offset + n - 1))
+                    offset += n
+            per_token = np.asarray(self._forward(self._state, tokens, positions, segments))
+            index = np.asarray(reads)
+            out[index[:, 0]] = per_token[index[:, 1], index[:, 2]]
+        return out
+
+
 def score_sequences(model: Transformer, sequences: Sequence[Sequence[int]], *, batch_size: int = 32,
-                    bucket: int = 64, max_length: int | None = None) -> np.ndarray:
-    """The first label's score of each token sequence (truncated on the left to `max_length`), in input order,
-    read at the model's pooling token (see the module docstring)."""
+                    max_length: int | None = None, width: int | None = None) -> np.ndarray:
+    """Score sequences with a one-off `PackedScorer` (rows of `width`, default the longest pooled sequence)."""
     if not sequences:
         return np.zeros(0, np.float32)
-    if any(len(s) == 0 for s in sequences):
-        raise ValueError("cannot score an empty sequence")
-    rows = jax.local_device_count()
-    batch_size = -(-batch_size // rows) * rows  # rows shard over every device
-    seqs = [pooled_sequence(s, model.config.reward_token_id, max_length) for s in sequences]
-    order = np.argsort([len(s) for s in seqs], kind="stable")
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def forward(state, tokens, segments):  # params as an argument: a closure would bake 7B weights into the HLO
-        return pool_last_token(nnx.merge(graphdef, state)(tokens, None, segments).logits, segments)
-
-    out = np.zeros(len(seqs), np.float32)
-    for start in range(0, len(seqs), batch_size):
-        idx = order[start : start + batch_size]
-        width = -(-max(len(seqs[i]) for i in idx) // bucket) * bucket
-        tokens = np.zeros((batch_size, width), np.int32)
-        segments = np.zeros((batch_size, width), np.int32)
-        for row, i in enumerate(idx):
-            tokens[row, : len(seqs[i])] = seqs[i]
-            segments[row, : len(seqs[i])] = 1
-        scores = forward(state, jnp.asarray(tokens), jnp.asarray(segments))
-        out[idx] = np.asarray(scores[: len(idx), 0], np.float32)
-    return out
+    extra = model.config.reward_token_id is not None
+    longest = max(len(s) for s in sequences) + extra
+    width = width or -(-min(longest, max_length or longest) // 64) * 64
+    return PackedScorer(model, rows=batch_size, width=width, max_length=max_length)(sequences)
 
 
 def describe(values: np.ndarray) -> dict[str, Any]:

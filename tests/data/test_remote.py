@@ -71,7 +71,8 @@ def test_export_copies_dataset_shards_and_card_to_a_url(bucket, tmp_path):
     rows = [{"id": f"q{i}", "query": f"What is {i}+1?", "response": f"It is \\boxed{{{i + 1}}}.", "reward": 0.5,
              "answer": [str(i + 1)], "majority_answer": str(i + 1), "majority_share": 1.0, "num_responses": 2}
             for i in range(5)]
-    (upstream / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (upstream / "records").mkdir()
+    (upstream / "records" / "part-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     stage = tmp_path / "export"
     stage.mkdir()
     ctx = StageContext(name="export", dir=stage, inputs={"data": upstream}, seed=0, output_dir=tmp_path)

@@ -30,7 +30,7 @@ from sq_jax.models.tokenizer import (
     get_prompt_format,
 )
 from sq_jax.pipeline.optimiser import DIRECTIONS, optimiser_messages
-from sq_jax.pipeline.stages.output import reward_inputs
+from sq_jax.pipeline.stages.scored import reward_inputs
 from sq_jax.train.tasks.lm import SFTTask
 from sq_jax.train.tasks.scorer import score_text
 

@@ -16,7 +16,8 @@ from sq_jax.pipeline.stages.output import EvalStageConfig, evaluate
 def _context(tmp_path: Path, name: str, questions: list[str]) -> StageContext:
     upstream = tmp_path / "questions"
     upstream.mkdir()
-    (upstream / "records.jsonl").write_text(
+    (upstream / "records").mkdir()
+    (upstream / "records" / "part-00000.jsonl").write_text(
         "".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(questions)))
     (tmp_path / name).mkdir()
     return StageContext(name=name, dir=tmp_path / name, inputs={"questions": upstream, "model": upstream}, seed=0,

@@ -14,6 +14,7 @@ from sq_jax.configlib import ConfigError
 from sq_jax.pipeline.config import load_pipeline
 from sq_jax.pipeline.stages import StageContext, StageError
 from sq_jax.pipeline.stages.mixing import MixConfig, mix, mix_sizes
+from sq_jax.data.dataset import iter_rows
 
 
 def _inputs(tmp_path: Path, sizes: dict[str, int], shuffle_seed: int | None = None) -> dict[str, Path]:
@@ -24,7 +25,8 @@ def _inputs(tmp_path: Path, sizes: dict[str, int], shuffle_seed: int | None = No
             random.Random(shuffle_seed).shuffle(rows)
         d = tmp_path / f"in-{role}-{shuffle_seed}"
         d.mkdir()
-        (d / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (d / "records").mkdir()
+        (d / "records" / "part-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         dirs[role] = d
     return dirs
 
@@ -33,7 +35,7 @@ def _run(tmp_path: Path, cfg: MixConfig, inputs: dict[str, Path], seed: int = 0,
     out = tmp_path / f"{name}-{seed}"
     out.mkdir()
     mix(StageContext(name=name, dir=out, inputs=inputs, seed=seed, output_dir=tmp_path), cfg)
-    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    return list(iter_rows(out / "records"))
 
 
 def test_counts_take_each_record_at_most_once_deterministically(tmp_path):
@@ -72,7 +74,8 @@ def test_an_id_in_two_inputs_is_refused(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):
         d.mkdir()
-        (d / "records.jsonl").write_text(json.dumps({"id": "same", "question": "Q?"}) + "\n")
+        (d / "records").mkdir()
+        (d / "records" / "part-00000.jsonl").write_text(json.dumps({"id": "same", "question": "Q?"}) + "\n")
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(StageError, match="id 'same' is in input 'a' and in 'b'"):

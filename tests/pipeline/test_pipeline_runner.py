@@ -13,7 +13,8 @@ from sq_jax.configlib import ConfigError
 from sq_jax.pipeline.config import load_pipeline
 from sq_jax.pipeline.runner import read_manifest, run_pipeline, stage_status
 from sq_jax.pipeline.stages import StageContext, StageError
-from sq_jax.pipeline.stages.output import RewardConfig, reward
+from sq_jax.pipeline.stages.scored import RewardConfig, reward
+from sq_jax.data.dataset import iter_rows, list_parts
 
 
 def write_pipeline(tmp_path: Path, seeds: str, shared_data: Path, dedup: dict | None = None) -> Path:
@@ -44,7 +45,7 @@ def seed_file(tmp_path: Path, shared_data: Path) -> str:
 
 
 def ids(stage_dir: Path) -> list[str]:
-    return [json.loads(line)["id"] for line in (stage_dir / "records.jsonl").read_text().splitlines()]
+    return [row["id"] for row in iter_rows(stage_dir / "records")]
 
 
 def test_stages_run_once_and_a_changed_setting_reruns_only_downstream(tmp_path, shared_data):
@@ -55,7 +56,7 @@ def test_stages_run_once_and_a_changed_setting_reruns_only_downstream(tmp_path, 
     assert stats["language"]["dropped_non_ascii"] == 1 and stats["language"]["dropped_too_short"] == 1
     assert stats["dedup"]["dropped_near_duplicate"] == 1 and stats["clean"]["dropped_gsm8k"] == 1
     assert ids(run / "clean") == [f"s{i}" for i in range(30)]
-    assert json.loads((run / "dedup/dropped.jsonl").read_text())["duplicate_of"] == "s0"
+    assert next(iter_rows(run / "dedup/dropped"))["duplicate_of"] == "s0"
     assert "| dedup | dedup | done | 31 |" in (run / "report.md").read_text()
     stamps = {name: (run / name / "_stage.json").stat().st_mtime_ns for name in ("seeds", "language", "dedup", "clean")}
 
@@ -120,7 +121,7 @@ def test_overrides_may_follow_the_flags(tmp_path, shared_data, capsys):
     config = write_pipeline(tmp_path, seed_file(tmp_path, shared_data), shared_data)
     out = tmp_path / "elsewhere"
     assert main(["pipeline", "run", str(config), "--until", "language", f"output_dir={out}", "seed=5"]) == 0
-    assert (out / "language" / "records.jsonl").is_file() and not (out / "dedup").exists()
+    assert list_parts(out / "language" / "records") and not (out / "dedup").exists()
     assert json.loads((out / "report.json").read_text())["seed"] == 5
     with pytest.raises(SystemExit):
         main(["pipeline", "run", str(config), "--until", "language", "--bogus"])

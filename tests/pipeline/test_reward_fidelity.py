@@ -22,7 +22,8 @@ from sq_jax.models.hf_io import load_pretrained, save_pretrained
 from sq_jax.models.tokenizer import RemoteCodeError, load_tokenizer
 from sq_jax.pipeline.scoring import pooled_sequence, score_sequences
 from sq_jax.pipeline.stages import StageContext
-from sq_jax.pipeline.stages.output import RewardConfig, reward, reward_inputs
+from sq_jax.pipeline.stages.scored import RewardConfig, reward, reward_inputs
+from sq_jax.data.dataset import iter_rows
 
 # internlm2-chat-7b's / internlm2-7b-reward's chat template (tokenizer_config.json), as published.
 INTERNLM2_TEMPLATE = (
@@ -137,7 +138,8 @@ def test_pooling_token_is_appended_once_after_left_truncation():
 def _context(tmp_path: Path, rows: list[dict]) -> StageContext:
     upstream = tmp_path / "responses"
     upstream.mkdir()
-    (upstream / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (upstream / "records").mkdir()
+    (upstream / "records" / "part-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     stage = tmp_path / "rewards"
     stage.mkdir()
     return StageContext(name="rewards", dir=stage, inputs={"responses": upstream}, seed=0, output_dir=tmp_path)
@@ -153,7 +155,7 @@ def test_reward_stage_keeps_the_best_of_n_by_get_score(reward_model, tmp_path):
     stats = reward(_context(tmp_path, rows), RewardConfig(model=str(path), dtype="float32", max_length=128,
                                                           trust_remote_code=True))
     assert stats["pooling_token"] == reward_token and stats["truncated"] == 0
-    best = [json.loads(line) for line in (tmp_path / "rewards" / "records.jsonl").read_text().splitlines()]
+    best = list(iter_rows(tmp_path / "rewards" / "records"))
     for record, members in zip(best, ([0, 1], [2, 3, 4])):
         top = max(members, key=lambda i: reference[i])
         assert record["response_id"] == rows[top]["id"]

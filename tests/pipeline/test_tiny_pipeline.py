@@ -13,6 +13,7 @@ import pytest
 from nbclient import NotebookClient
 
 from sq_jax.cli import main
+from sq_jax.data.dataset import iter_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/pipeline/tiny.yaml"
@@ -65,7 +66,7 @@ def test_tiny_pipeline_runs_every_stage_and_leaves_its_artifacts(notebook_run, s
         assert any((out / model_stage / "checkpoints").iterdir())
     optimised = stages["qpo_pairs"]["stats"]
     assert optimised["errors"] == 0 and optimised["pairs"] >= 0.5 * optimised["requests"], optimised
-    pair = json.loads((out / "qpo_pairs" / "records.jsonl").read_text().splitlines()[0])
+    pair = next(iter_rows(out / "qpo_pairs" / "records"))
     assert pair["direction"] == "solvability" and pair["chosen"] != pair["rejected"]
     assert stages["qpo"]["stats"]["eval"]["reward_accuracy"] > 0.5
     assert stages["qpo"]["stats"]["data"]["records"] > optimised["pairs"]  # the rewrites plus the toy pairs

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sq_jax.data.sources import read_records, write_jsonl
+from sq_jax.data.dataset import PartWriter, count_rows, iter_part, list_parts
 
-RECORDS = "records.jsonl"
+RECORDS = "records"  # the folder of parts (sq_jax.data.dataset)
+DROPPED = "dropped"
+STAGE_MANIFEST = "_stage.json"  # one per stage folder, written by the runner
 
 
 class StageError(ValueError):
@@ -31,15 +33,27 @@ class StageContext:
     # run in process 0 while the rest wait. Only process 0 writes records, manifests and reports.
     collective: bool = False
     writer: bool = True
+    records_writer: PartWriter | None = None
 
     def error(self, message: str) -> StageError:
         return StageError(self.name, message)
 
+    def input_parts(self, role: str) -> list[Path]:
+        """The completed parts of an upstream stage's records, in order."""
+        folder = self.inputs[role] / RECORDS
+        if not folder.is_dir():
+            raise self.error(f"input {role!r} ({self.inputs[role].name}) has no {RECORDS}/ folder: it is not a "
+                             "records stage")
+        return list_parts(folder)
+
+    def iter_records(self, role: str) -> Iterator[dict[str, Any]]:
+        """An upstream stage's records, streamed part by part."""
+        for path in self.input_parts(role):
+            yield from iter_part(path)
+
     def records(self, role: str) -> list[dict[str, Any]]:
-        path = self.inputs[role] / RECORDS
-        if not path.is_file():
-            raise self.error(f"input {role!r} ({self.inputs[role].name}) has no {RECORDS}: it is not a records stage")
-        return [r.data for r in read_records(path, allow_empty=True)]
+        """All of an upstream stage's records in a list: only for the small sets (seeds, QPO pairs)."""
+        return list(self.iter_records(role))
 
     def model(self, role: str, explicit: str | None = None) -> str:
         """A model path: the stage config's own, else the `hf/` export of the upstream training stage."""
@@ -52,23 +66,33 @@ class StageContext:
             raise self.error(f"input {role!r} ({self.inputs[role].name}) has no exported model at {path}")
         return str(path)
 
+    def record_writer(self, part_rows: int = 100_000) -> PartWriter:
+        """This stage's records, streamed into parts (process 0 writes; the others only count)."""
+        if self.records_writer is not None:
+            raise self.error("a stage writes its records once")
+        self.records_writer = PartWriter(self.dir / RECORDS, part_rows, enabled=self.writer)
+        return self.records_writer
+
+    def dropped_writer(self, part_rows: int = 100_000) -> PartWriter:
+        """`dropped/`: what a filter set apart, each row with its reason."""
+        return PartWriter(self.dir / DROPPED, part_rows, enabled=self.writer)
+
     def write_records(self, rows: Iterable[dict[str, Any]]) -> int:
-        if not self.writer:  # the same rows as process 0's, which writes them
-            return sum(1 for _ in rows)
-        return write_jsonl(self.dir / RECORDS, rows)
+        with self.record_writer() as writer:
+            return writer.write_all(rows)
 
     def write_dropped(self, rows: Iterable[dict[str, Any]]) -> int:
-        """`dropped.jsonl`: what a filter set apart, each row with its reason (process 0 writes it)."""
-        if not self.writer:
-            return sum(1 for _ in rows)
-        return write_jsonl(self.dir / "dropped.jsonl", rows)
+        with self.dropped_writer() as writer:
+            return writer.write_all(rows)
 
     def count_records(self) -> int:
-        path = self.dir / RECORDS
-        if not path.is_file():
-            return 0
-        with path.open("rb") as f:
-            return sum(1 for line in f if line.strip())
+        if self.records_writer is not None:
+            return self.records_writer.rows
+        return count_rows(self.dir / RECORDS)
+
+    def record_parts(self) -> list[dict[str, Any]]:
+        """{name, rows, bytes, sha256} of each part this stage wrote (its manifest lists them)."""
+        return list(self.records_writer.parts) if self.records_writer is not None else []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +108,8 @@ class Kind:
 
 
 # Imported last: the stage modules use the classes above.
-from sq_jax.pipeline.stages import filtering, generation, mixing, output, questions, training  # noqa: E402
+from sq_jax.pipeline.stages import filtering, generation, mixing, output, questions, scored, training  # noqa: E402
 
 KINDS: dict[str, Kind] = {}
-for _module in (questions, generation, filtering, mixing, training, output):
+for _module in (questions, generation, filtering, mixing, training, scored, output):
     KINDS.update(_module.KINDS)

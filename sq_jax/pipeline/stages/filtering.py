@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import numpy as np
-
 from sq_jax.pipeline.filters import Decontaminator, NearDuplicateFilter, decontaminate, dedup, language_problem
 from sq_jax.pipeline.stages import Kind, StageContext
 
@@ -70,48 +68,8 @@ def contamination(ctx: StageContext, cfg: DecontaminationConfig) -> dict[str, An
     return _finish(ctx, kept, dropped, {"dropped_contaminated": len(dropped), **per})
 
 
-@dataclasses.dataclass(frozen=True)
-class DifficultyConfig:
-    drop_easiest: float = 0.2  # share of questions with the lowest predicted fail rate to drop
-    model: str | None = None  # default: the `scorer` input's export
-    dtype: str = "bfloat16"
-    batch_size: int = 64
-    max_length: int = 512
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.drop_easiest < 1.0:
-            raise ValueError(f"drop_easiest must be in [0, 1), got {self.drop_easiest}")
-
-
-def difficulty(ctx: StageContext, cfg: DifficultyConfig) -> dict[str, Any]:
-    """Score every question with the trained difficulty scorer (predicted fail rate) and drop the easiest share."""
-    from sq_jax.models.tokenizer import detect_prompt_format, encode_prompt, load_tokenizer
-    from sq_jax.pipeline.scoring import describe, load_scorer, score_sequences
-    from sq_jax.train.tasks.scorer import score_text
-
-    path = ctx.model("scorer", cfg.model)
-    model = load_scorer(path, dtype=cfg.dtype)
-    model.config.check_length(cfg.max_length, f"stages.{ctx.name}.config.max_length")
-    tokenizer = load_tokenizer(path)
-    fmt = detect_prompt_format(tokenizer)
-    rows = ctx.records("questions")
-    scores = score_sequences(model, [encode_prompt(tokenizer, score_text(fmt, r["question"])) for r in rows],
-                             batch_size=cfg.batch_size, max_length=cfg.max_length)
-    cut = int(len(rows) * cfg.drop_easiest)
-    easiest = set(np.argsort(scores, kind="stable")[:cut].tolist())
-    kept, dropped = [], []
-    for i, r in enumerate(rows):
-        row = {**r, "difficulty": float(scores[i])}
-        (dropped if i in easiest else kept).append(row)
-    threshold = float(max((scores[i] for i in easiest), default=float("nan")))
-    return _finish(ctx, kept, dropped, {"dropped_easy": len(dropped), "threshold": threshold,
-                                        "scores": describe(scores)})
-
-
 KINDS = {
     "filter_language": Kind(LanguageConfig, language, required_inputs=("questions",)),
-    "filter_difficulty": Kind(DifficultyConfig, difficulty, required_inputs=("questions",),
-                              optional_inputs=("scorer",)),
     "dedup": Kind(DedupConfig, near_duplicates, required_inputs=("questions",)),
     "decontaminate": Kind(DecontaminationConfig, contamination, required_inputs=("questions",)),
 }

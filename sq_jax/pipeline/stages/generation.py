@@ -5,10 +5,13 @@ stage resumes at the last finished shard, and each request's seed comes from the
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from sq_jax.data.sources import read_records, write_jsonl
+from sq_jax.data.dataset import iter_part
+from sq_jax.data.sources import write_jsonl
 from sq_jax.eval.extract import extract_all_boxed, extract_answer
 from sq_jax.models.tokenizer import parse_judge_verdict
 from sq_jax.pipeline.stages import Kind, StageContext
@@ -36,9 +39,12 @@ class SynthesisConfig(GenerationConfig):
     keep_truncated: bool = False
 
 
-def generate(ctx: StageContext, cfg: GenerationConfig, mode: str, rows: list[dict] | None = None,
-             count: int = 0, judge_prompt: str = "sq-jax") -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Outputs of the offline job in request order, and its throughput stats."""
+def generate(ctx: StageContext, cfg: GenerationConfig, mode: str, rows: Iterable[dict] | None = None,
+             count: int = 0, judge_prompt: str = "sq-jax") -> tuple[list[Path], dict[str, Any]]:
+    """Run (or resume) the offline job; returns its finished shard files in request order and its stats.
+
+    Every process generates its share; the shards are then read one at a time by process 0 alone (the stage
+    turns each into one part of its records), so no host ever holds the whole output."""
     prompts = PromptSection(mode=mode, count=count)
     if rows is not None:
         path = ctx.dir / "prompts.jsonl"
@@ -52,21 +58,24 @@ def generate(ctx: StageContext, cfg: GenerationConfig, mode: str, rows: list[dic
                          samples_per_prompt=cfg.samples, sampling=sampling, engine=cfg.engine, backend=cfg.backend,
                          shard_size=cfg.shard_size, window=cfg.window)
     manifest = run_generate(job, collective=ctx.collective)
-    outputs: list[dict[str, Any]] = []
-    for k in range(manifest["num_shards"]):
-        outputs += [r.data for r in read_records(Path(job.output_dir) / f"shard-{k:05d}.jsonl")]
     last = manifest["stats"].get("last_run", {})
     seconds = max(float(last.get("seconds", 0.0)), 1e-9)
     stats = {"requests": manifest["num_requests"], "finish": {k: manifest["stats"].get(k, 0)
                                                               for k in ("stop", "length", "cache", "error")},
              "last_run_requests_per_s": last.get("requests", 0) / seconds,
              "last_run_tokens_per_s": last.get("output_tokens", 0) / seconds}
-    return outputs, stats
+    shards = [Path(job.output_dir) / f"shard-{k:05d}.jsonl" for k in range(manifest["num_shards"])]
+    return (shards if ctx.writer else []), stats
 
 
-def _inputs(ctx: StageContext, cfg: GenerationConfig, role: str = "questions") -> list[dict[str, Any]]:
-    rows = ctx.records(role)
-    return rows[: cfg.limit] if cfg.limit is not None else rows
+def _outputs(shards: list[Path]) -> Iterator[list[dict[str, Any]]]:
+    """One generation shard's outputs at a time (a shard is `shard_size` requests: bounded memory)."""
+    for path in shards:
+        yield list(iter_part(path))
+
+
+def _inputs(ctx: StageContext, cfg: GenerationConfig, role: str = "questions") -> Iterator[dict[str, Any]]:
+    return itertools.islice(ctx.iter_records(role), cfg.limit)
 
 
 def finished_questions(outputs: list[dict[str, Any]], stage: str, keep_truncated: bool = False,
@@ -87,12 +96,18 @@ def finished_questions(outputs: list[dict[str, Any]], stage: str, keep_truncated
 
 def synthesize(ctx: StageContext, cfg: SynthesisConfig) -> dict[str, Any]:
     """Questions from nothing: the pre-query template, prefilled once and sampled `count` times. Questions cut at
-    `max_tokens` are dropped, counted (`dropped_length`) and kept in `dropped.jsonl` for inspection."""
-    outputs, stats = generate(ctx, cfg, "pre_query", count=cfg.count)
-    rows, truncated, stats["errors"] = finished_questions(outputs, ctx.name, keep_truncated=cfg.keep_truncated)
-    stats["dropped_length"] = len(truncated)
-    ctx.write_dropped({**r, "reason": "length"} for r in truncated)
-    stats["questions"] = ctx.write_records(rows)
+    `max_tokens` are dropped, counted (`dropped_length`) and kept in `dropped/` for inspection."""
+    shards, stats = generate(ctx, cfg, "pre_query", count=cfg.count)
+    stats.update(errors=0, dropped_length=0)
+    with ctx.record_writer() as kept, ctx.dropped_writer() as dropped:
+        for outputs in _outputs(shards):
+            rows, truncated, errors = finished_questions(outputs, ctx.name, keep_truncated=cfg.keep_truncated)
+            stats["errors"] += errors
+            stats["dropped_length"] += len(truncated)
+            kept.write_all(rows)
+            dropped.write_all({**r, "reason": "length"} for r in truncated)
+            kept.flush()  # one part per generation shard
+    stats["questions"] = kept.rows
     return stats
 
 
@@ -106,44 +121,63 @@ class JudgeConfig(GenerationConfig):
     prompt: Literal["sq-jax", "paper"] = "sq-jax"
 
 
-def tally_verdicts(rows: list[dict[str, Any]], outputs: dict[str, dict[str, Any]], on_no_verdict: str = "drop",
-                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
-    """(kept, dropped with reasons, counts) from the judge's output per question id.
+def verdict_of(row: dict[str, Any], output: dict[str, Any], counts: dict[str, int], on_no_verdict: str = "drop",
+               ) -> tuple[bool, dict[str, Any]]:
+    """(kept?, the row, or its dropped copy with the reason) for one question and the judge's reply; counts it.
 
     A reply cut at `max_tokens` (finish `length`) counts only an explicit `verdict:` it already wrote: its last
     line is mid-reasoning. Counts: verdict_yes / verdict_no / no_verdict (every reply is one), truncated, and
     dropped_unsolvable / dropped_no_verdict; `on_no_verdict: keep` keeps replies without a verdict.
     """
-    counts = {"input": len(rows), "kept": 0, "verdict_yes": 0, "verdict_no": 0, "no_verdict": 0, "truncated": 0,
-              "dropped_unsolvable": 0, "dropped_no_verdict": 0}
-    kept, dropped = [], []
+    truncated = output["finish_reason"] == "length"
+    counts["input"] += 1
+    counts["truncated"] += truncated
+    verdict = parse_judge_verdict(output["output"], fallback=not truncated)
+    counts["verdict_yes" if verdict else "verdict_no" if verdict is False else "no_verdict"] += 1
+    if verdict is None and on_no_verdict == "keep":
+        verdict = True
+    if verdict is True:
+        counts["kept"] += 1
+        return True, row
+    reason = "unsolvable" if verdict is False else "no_verdict"
+    counts[f"dropped_{reason}"] += 1
+    return False, {**row, "reason": reason, "judge_finish": output["finish_reason"],
+                   "judge_reply_end": output["output"][-400:]}
+
+
+def verdict_counts() -> dict[str, int]:
+    return {"input": 0, "kept": 0, "verdict_yes": 0, "verdict_no": 0, "no_verdict": 0, "truncated": 0,
+            "dropped_unsolvable": 0, "dropped_no_verdict": 0}
+
+
+def tally_verdicts(rows: list[dict[str, Any]], outputs: dict[str, dict[str, Any]], on_no_verdict: str = "drop",
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """(kept, dropped with reasons, counts) from the judge's output per question id (see `verdict_of`)."""
+    counts, kept, dropped = verdict_counts(), [], []
     for r in rows:
-        output = outputs[r["id"]]
-        truncated = output["finish_reason"] == "length"
-        counts["truncated"] += truncated
-        verdict = parse_judge_verdict(output["output"], fallback=not truncated)
-        counts["verdict_yes" if verdict else "verdict_no" if verdict is False else "no_verdict"] += 1
-        if verdict is None and on_no_verdict == "keep":
-            verdict = True
-        if verdict is True:
-            kept.append(r)
-            continue
-        reason = "unsolvable" if verdict is False else "no_verdict"
-        counts[f"dropped_{reason}"] += 1
-        dropped.append({**r, "reason": reason, "judge_finish": output["finish_reason"],
-                        "judge_reply_end": output["output"][-400:]})
-    counts["kept"] = len(kept)
+        keep, row = verdict_of(r, outputs[r["id"]], counts, on_no_verdict)
+        (kept if keep else dropped).append(row)
     return kept, dropped, counts
 
 
 def judge(ctx: StageContext, cfg: JudgeConfig) -> dict[str, Any]:
-    """Solvability filter: the judge reasons, then gives its verdict (`parse_judge_verdict`, `tally_verdicts`).
-    Dropped questions go to `dropped.jsonl` with the reason and the reply's end."""
-    rows = _inputs(ctx, cfg)
-    outputs, stats = generate(ctx, cfg, "judge", rows, judge_prompt=cfg.prompt)
-    kept, dropped, counts = tally_verdicts(rows, {o["prompt_id"]: o for o in outputs}, cfg.on_no_verdict)
-    ctx.write_records(kept)
-    ctx.write_dropped(dropped)
+    """Solvability filter: the judge reasons, then gives its verdict (`parse_judge_verdict`, `verdict_of`).
+    Dropped questions go to `dropped/` with the reason and the reply's end."""
+    if cfg.samples != 1:
+        raise ctx.error(f"samples={cfg.samples}: the judge gives one verdict per question; use samples: 1")
+    shards, stats = generate(ctx, cfg, "judge", _inputs(ctx, cfg), judge_prompt=cfg.prompt)
+    counts = verdict_counts()
+    rows = _inputs(ctx, cfg)  # the outputs are in the questions' order, one each: read both side by side
+    with ctx.record_writer() as kept, ctx.dropped_writer() as dropped:
+        for outputs in _outputs(shards):
+            for output in outputs:
+                row = next(rows, None)
+                if row is None or row["id"] != output["prompt_id"]:
+                    raise ctx.error(f"judge output {output['prompt_id']!r} does not match input question "
+                                    f"{None if row is None else row['id']!r}: the questions changed under the job")
+                keep, row = verdict_of(row, output, counts, cfg.on_no_verdict)
+                (kept if keep else dropped).write(row)
+            kept.flush()
     return {**stats, **counts}
 
 
@@ -159,21 +193,24 @@ def has_final_answer(text: str) -> bool:
 
 
 def respond(ctx: StageContext, cfg: ResponseConfig) -> dict[str, Any]:
-    """n solutions per question with the solver prompt; each keeps its extracted final answer."""
-    rows = _inputs(ctx, cfg)
-    outputs, stats = generate(ctx, cfg, "solver", rows)
-    kept, dropped = [], {"dropped_no_answer": 0, "dropped_error": 0}
-    for o in outputs:
-        if o["finish_reason"] == "error":
-            dropped["dropped_error"] += 1
-            continue
-        if cfg.require_answer and not has_final_answer(o["output"]):
-            dropped["dropped_no_answer"] += 1
-            continue
-        kept.append({"id": o["id"], "question_id": o["prompt_id"], "query": o["question"],
-                     "response": o["output"].strip(), "answer": extract_answer(o["output"]),
-                     "finish": o["finish_reason"]})
-    stats.update(dropped, responses=ctx.write_records(kept))
+    """n solutions per question with the solver prompt; each keeps its extracted final answer. A question's n
+    responses are consecutive rows (the reward stage relies on it to rank them in one pass)."""
+    shards, stats = generate(ctx, cfg, "solver", _inputs(ctx, cfg))
+    dropped = {"dropped_no_answer": 0, "dropped_error": 0}
+    with ctx.record_writer() as kept:
+        for outputs in _outputs(shards):
+            for o in outputs:
+                if o["finish_reason"] == "error":
+                    dropped["dropped_error"] += 1
+                    continue
+                if cfg.require_answer and not has_final_answer(o["output"]):
+                    dropped["dropped_no_answer"] += 1
+                    continue
+                kept.write({"id": o["id"], "question_id": o["prompt_id"], "query": o["question"],
+                            "response": o["output"].strip(), "answer": extract_answer(o["output"]),
+                            "finish": o["finish_reason"]})
+            kept.flush()
+    stats.update(dropped, responses=kept.rows)
     return stats
 
 
@@ -187,20 +224,23 @@ def difficulty_labels(ctx: StageContext, cfg: LabelConfig) -> dict[str, Any]:
     """Fail-rate labels: k solver attempts per seed question with a known answer, graded by the eval grader."""
     from sq_jax.eval.grading import GradeRequest, grade_many
 
-    rows = [r for r in _inputs(ctx, cfg, "seeds") if r.get("answer") not in (None, "")]
+    rows = [r for r in _inputs(ctx, cfg, "seeds") if r.get("answer") not in (None, "")]  # seeds: a small set
     if not rows:
         raise ctx.error("no seed question has an `answer`; difficulty labels need gold answers")
-    outputs, stats = generate(ctx, cfg, "solver", rows)
+    shards, stats = generate(ctx, cfg, "solver", rows)
     gold = {r["id"]: str(r["answer"]) for r in rows}
-    results = grade_many([GradeRequest(o["output"], gold[o["prompt_id"]]) for o in outputs],
-                         timeout_s=cfg.grade_timeout_s)
     right: dict[str, int] = {r["id"]: 0 for r in rows}
-    for o, res in zip(outputs, results):
-        right[o["prompt_id"]] += bool(res.correct)
+    extracted = 0
+    for outputs in _outputs(shards):
+        results = grade_many([GradeRequest(o["output"], gold[o["prompt_id"]]) for o in outputs],
+                             timeout_s=cfg.grade_timeout_s)
+        for o, res in zip(outputs, results):
+            right[o["prompt_id"]] += bool(res.correct)
+            extracted += extract_answer(o["output"]) is not None
     labelled = [{"id": r["id"], "question": r["question"], "score": 1.0 - right[r["id"]] / cfg.samples,
                  "correct": right[r["id"]], "attempts": cfg.samples} for r in rows]
     stats["mean_fail_rate"] = sum(x["score"] for x in labelled) / len(labelled)
-    stats["extracted_answers"] = sum(extract_answer(o["output"]) is not None for o in outputs)
+    stats["extracted_answers"] = extracted
     stats["labelled"] = ctx.write_records(labelled)
     return stats
 
