@@ -110,7 +110,7 @@ def _generate(args: argparse.Namespace) -> None:
     from sq_jax.configlib import load_config
     from sq_jax.sampling.generate_job import GenerateConfig, run_generate
 
-    manifest = run_generate(load_config(GenerateConfig, args.config, args.overrides))
+    manifest = run_generate(load_config(GenerateConfig, args.config, args.overrides), restart=args.restart)
     print(json.dumps({"finished_shards": len(manifest["finished_shards"]), "num_shards": manifest["num_shards"],
                       "stats": manifest["stats"]}))
 
@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="offline batch generation to sharded JSONL (resumable)")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
+    p.add_argument("--restart", action="store_true",
+                   help="delete the shards an earlier run left in output_dir and generate every one again")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("eval", help="accuracy on GSM8K / MATH-500 / College Math / OlympiadBench (greedy, graded)")

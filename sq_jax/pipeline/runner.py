@@ -10,10 +10,8 @@ leaves either the previous state or the finished output, never half a file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 
 from sq_jax.configlib import config_hash
 from sq_jax.data.dataset import parts_digest, read_json, write_json_atomic
+from sq_jax.data.fingerprint import content_hash, external_fingerprints, verify_parts
 from sq_jax.parallel.distributed import failed_processes, is_lead, sync
 from sq_jax.pipeline.config import PipelineConfig, stage_config
 from sq_jax.pipeline.plan import refuse_unfit_stages
@@ -30,39 +29,46 @@ log = logging.getLogger(__name__)
 MANIFEST = STAGE_MANIFEST
 
 
-def _path_fingerprint(path: Path) -> Any:
-    if path.is_file():
-        st = path.stat()
-        if st.st_size <= 64 << 20:
-            return hashlib.sha256(path.read_bytes()).hexdigest()
-        return [st.st_size, st.st_mtime_ns]
-    return sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
-                  for p in path.rglob("*") if p.is_file())
-
-
-def _external(value: Any) -> dict[str, Any]:
-    """Fingerprints of every existing local path named anywhere in a stage config."""
-    out: dict[str, Any] = {}
-    if isinstance(value, dict):
-        for v in value.values():
-            out.update(_external(v))
-    elif isinstance(value, list):
-        for v in value:
-            out.update(_external(v))
-    elif isinstance(value, str) and ("/" in value or value.endswith((".jsonl", ".parquet"))):
-        path = Path(os.path.expanduser(value))
-        if path.exists():
-            out[value] = _path_fingerprint(path)
-    return out
-
-
 def fingerprints(cfg: PipelineConfig) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, spec in cfg.stages.items():
         out[name] = config_hash({"kind": spec.kind, "config": spec.config, "seed": cfg.seed,
                                  "inputs": {role: out[up] for role, up in sorted(spec.inputs.items())},
-                                 "external": _external(spec.config)})
+                                 "external": external_fingerprints(spec.config)})
     return out
+
+
+def upstream_content(stage_dir: Path, writer: bool = False) -> str:
+    """The content digest of a finished stage's output as it is on disk: its record parts (checked against its
+    manifest: names, sizes, SHA-256 through the fingerprint cache), else its exported model, else its fingerprint.
+
+    Parts edited by hand are taken as they are, with a warning: the stages that read them rerun, and `writer`
+    (process 0) records the edit in the stage's manifest."""
+    manifest = read_manifest(stage_dir)
+    if (stage_dir / RECORDS).is_dir():
+        parts, problems = verify_parts(stage_dir / RECORDS, manifest.get("parts", []))
+        digest = parts_digest(parts)
+        if problems:
+            log.warning("stage %s: its records on disk are not the ones it wrote (%s); using them as they are, so "
+                        "the stages that read them are recomputed", stage_dir.name, "; ".join(problems))
+            if writer:
+                counts = {**manifest.get("counts", {}), "records": sum(p["rows"] for p in parts)}
+                _write_manifest(stage_dir, {**manifest, "parts": parts, "content": digest, "counts": counts,
+                                            "edited": manifest.get("edited", []) + problems})
+        return digest
+    if (stage_dir / "hf").is_dir():
+        return content_hash(stage_dir / "hf")
+    return str(manifest.get("fingerprint"))
+
+
+def _changed_since(manifest: dict[str, Any], fingerprint: str, upstream: dict[str, str]) -> str | None:
+    """Why a stage's earlier output (done or partial) cannot be kept; None when it can, or when there is none."""
+    if manifest.get("fingerprint") not in (None, fingerprint):
+        return "config or inputs changed"
+    was = manifest.get("upstream", {}) if manifest else upstream
+    changed = [f"{u} (content {str(was.get(u))[:12]}, now {str(upstream.get(u))[:12]})"
+               for u in sorted(set(was) | set(upstream)) if was.get(u) != upstream.get(u)]
+    return f"the output of input stage {', '.join(changed)} changed since this stage read it" if changed else None
 
 
 def read_manifest(stage_dir: Path) -> dict[str, Any]:
@@ -74,12 +80,15 @@ def _write_manifest(stage_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def stage_status(cfg: PipelineConfig) -> list[dict[str, Any]]:
-    """Per stage: done (current), stale (done under another fingerprint), partial or pending."""
+    """Per stage: done (current), stale (done under another fingerprint or from other upstream content), partial
+    or pending."""
     fps, rows = fingerprints(cfg), []
     for name, spec in cfg.stages.items():
         manifest = read_manifest(Path(cfg.output_dir) / name)
         if manifest.get("status") == "done":
-            state = "done" if manifest.get("fingerprint") == fps[name] else "stale"
+            current = manifest.get("fingerprint") == fps[name] and _changed_since(manifest, fps[name], {
+                u: upstream_content(Path(cfg.output_dir) / u) for u in sorted(set(spec.inputs.values()))}) is None
+            state = "done" if current else "stale"
         else:
             state = "partial" if manifest else "pending"
         rows.append({"stage": name, "kind": spec.kind, "state": state, "counts": manifest.get("counts", {})})
@@ -121,19 +130,24 @@ def run_pipeline(cfg: PipelineConfig, *, only: str | None = None, start: str | N
             if up.get("status") != "done" or up.get("fingerprint") != fps[upstream]:
                 raise StageError(name, f"input {role!r} comes from stage {upstream!r}, which is not done with its "
                                        "current config; run it first (drop --only / --from)")
+        # What this stage reads, by content: an upstream regenerated or edited since this stage started (or
+        # finished) makes it start over, never resume on, or keep, outputs of other inputs.
+        upstream = {u: upstream_content(out / u, writer=lead) for u in sorted(set(spec.inputs.values()))}
         manifest = read_manifest(stage_dir)
-        if manifest.get("status") == "done" and manifest.get("fingerprint") == fps[name]:
+        changed = _changed_since(manifest, fps[name], upstream)
+        if manifest.get("status") == "done" and changed is None:
             log.info("stage %s: done, skipped", name)
             continue
         if lead:
-            if manifest.get("fingerprint") not in (None, fps[name]):
-                log.info("stage %s: config or inputs changed; rerunning from scratch", name)
+            if changed is not None:
+                (log.info if changed.startswith("config") else log.warning)(
+                    "stage %s: %s; rerunning from scratch", name, changed)
                 shutil.rmtree(stage_dir)
             for written in (RECORDS, DROPPED):  # rewritten from the stage's resumable work (generate/, scores/)
                 shutil.rmtree(stage_dir / written, ignore_errors=True)
             stage_dir.mkdir(parents=True, exist_ok=True)
             _write_manifest(stage_dir, {"stage": name, "kind": spec.kind, "fingerprint": fps[name],
-                                        "status": "running"})
+                                        "status": "running", "upstream": upstream})
         sync(f"pipeline-start:{name}")
         kind = KINDS[spec.kind]
         ctx = StageContext(name=name, dir=stage_dir, inputs={r: out / u for r, u in spec.inputs.items()},
@@ -167,6 +181,7 @@ def run_pipeline(cfg: PipelineConfig, *, only: str | None = None, start: str | N
         if lead:
             _write_manifest(stage_dir, {"stage": name, "kind": spec.kind, "fingerprint": fps[name],
                                         "status": "done", "seconds": seconds, "counts": counts, "stats": stats,
+                                        "upstream": upstream,
                                         "parts": ctx.record_parts(), "content": parts_digest(ctx.record_parts())})
             write_report(cfg)  # after every stage: a later stage (the export's card) and a watcher can read it
         sync(f"pipeline-done:{name}")

@@ -26,6 +26,7 @@ import jax
 from tqdm.auto import tqdm
 
 from sq_jax.configlib import config_hash, to_dict
+from sq_jax.data.fingerprint import local_content_hash
 from sq_jax.data.sources import read_records, write_jsonl
 from sq_jax.models.tokenizer import PromptFormat, encode_prompt
 from sq_jax.parallel.distributed import sync
@@ -118,6 +119,45 @@ def _write_manifest(out: Path, manifest: dict, name: str = MANIFEST) -> None:
     os.replace(tmp, out / name)
 
 
+def input_fingerprints(cfg: GenerateConfig) -> dict[str, dict]:
+    """What the outputs were generated from: the content hash of the prompts file (unless pre-query) and of the
+    model folder. A hub id or a non-local source gets None: its name (and revision) is in the config hash."""
+    named = {"model": cfg.model}
+    if cfg.prompts.mode != "pre_query":
+        named = {"prompts": cfg.prompts.path, **named}
+    return {role: {"path": value, "sha256": local_content_hash(value)} for role, value in named.items()}
+
+
+def check_inputs(out: Path, previous: dict[str, dict], inputs: dict[str, dict]) -> None:
+    """Refuse to add shards to outputs generated from other prompts or another model (never a mix)."""
+    for name, old in previous.items():
+        if not old.get("finished_shards"):
+            continue  # nothing generated yet: nothing to mix with
+        recorded = old.get("inputs")
+        if recorded is None:
+            raise ValueError(f"{out / name}: its {len(old['finished_shards'])} finished shard(s) were written "
+                             "without input fingerprints (an older sq-jax), so a changed prompts file or model "
+                             f"cannot be ruled out. {_WHAT_TO_DO}")
+        for role, now in inputs.items():
+            was = recorded.get(role, {}).get("sha256")
+            if was != now["sha256"]:
+                raise ValueError(
+                    f"{out / name}: the {_LABELS[role]} {now['path']} changed since the "
+                    f"{len(old['finished_shards'])} finished shard(s) here were generated from it (content sha256 "
+                    f"{was}, now {now['sha256']}); resuming would mix outputs of both. {_WHAT_TO_DO}")
+
+
+_LABELS = {"prompts": "prompts file", "model": "model"}
+_WHAT_TO_DO = ("Use a new output_dir, or rerun with --restart (run_generate(..., restart=True)) to delete these "
+               "shards and generate every one again.")
+
+
+def _clear(out: Path) -> None:
+    """Delete a job's shards and manifests (a restart regenerates everything)."""
+    for path in [*out.glob("shard-*.jsonl"), out / MANIFEST, *out.glob("_manifest.process*.json")]:
+        path.unlink(missing_ok=True)
+
+
 def _process_manifests(out: Path) -> dict[str, dict]:
     """File name -> manifest of every process that ran a multi-process job here."""
     return {p.name: json.loads(p.read_text()) for p in sorted(out.glob("_manifest.process*.json"))}
@@ -141,21 +181,29 @@ def _merge_stats(parts: list[dict]) -> dict:
     return merged
 
 
-def run_generate(cfg: GenerateConfig, *, collective: bool = True) -> dict:
+def run_generate(cfg: GenerateConfig, *, collective: bool = True, restart: bool = False) -> dict:
     """Run (or resume) a generation job; returns the manifest (merged over processes).
 
     `collective`: every process runs this call and takes its share of the shards; False when one process runs it
-    alone (the others are busy elsewhere or waiting), which then generates every shard on its own devices."""
+    alone (the others are busy elsewhere or waiting), which then generates every shard on its own devices.
+    `restart`: delete what an earlier run left in output_dir and generate every shard again."""
     processes, index = (jax.process_count(), jax.process_index()) if collective else (1, 0)
     own = MANIFEST if processes == 1 else f"_manifest.process{index}.json"
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if restart:
+        if index == 0:
+            _clear(out)
+        if processes > 1:
+            sync(f"generate-restart:{out}")
     digest = config_hash(to_dict(cfg) | {"output_dir": None, "window": None, "backend": None})
     previous = {MANIFEST: _manifest(out), **_process_manifests(out)}
     for path, old in previous.items():
         if old and old.get("config_hash") != digest:
             raise ValueError(f"{out / path}: written by a different config (hash {old.get('config_hash')}, "
-                             f"now {digest}); use a new output_dir")
+                             f"now {digest}). {_WHAT_TO_DO}")
+    inputs = input_fingerprints(cfg)  # before the engine: a refusal costs no model load
+    check_inputs(out, previous, inputs)
     manifest = _manifest(out, own)
     s = cfg.sampling
     default = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens)
@@ -168,7 +216,7 @@ def run_generate(cfg: GenerateConfig, *, collective: bool = True) -> dict:
     # Whoever finished a shard before (another process count, an earlier run), it is not generated again.
     finished = {k for m in previous.values() for k in m.get("finished_shards", [])}
     mine = set(range(index, len(shards), processes))
-    manifest = {"config_hash": digest, "num_requests": len(items), "num_shards": len(shards),
+    manifest = {"config_hash": digest, "inputs": inputs, "num_requests": len(items), "num_shards": len(shards),
                 "finished_shards": sorted(finished & mine), "stats": manifest.get("stats", {})}
     _write_manifest(out, manifest, own)
     todo = [k for k in sorted(mine) if k not in finished]
