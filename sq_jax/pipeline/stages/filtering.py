@@ -1,18 +1,38 @@
-"""Question filters as stages: language, difficulty (a trained scorer), near-duplicates, benchmark contamination.
-Each writes the kept questions as its records and the dropped ones, with their reason, to `dropped.jsonl`."""
+"""Question filters as stages: language, near-duplicates, benchmark contamination.
+
+Each streams its input part by part and writes the kept questions as its records and the dropped ones, with
+their reason, to `dropped/`: no stage holds the rows (2M questions in the paper's run)."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from sq_jax.pipeline.filters import Decontaminator, NearDuplicateFilter, decontaminate, dedup, language_problem
+from sq_jax.pipeline.filters import (
+    Decontaminator,
+    NearDuplicateFilter,
+    decontaminate_stream,
+    dedup_stream,
+    language_problem,
+)
 from sq_jax.pipeline.stages import Kind, StageContext
 
 
-def _finish(ctx: StageContext, kept: list[dict], dropped: list[dict], stats: dict[str, Any]) -> dict[str, Any]:
-    ctx.write_dropped(dropped)
-    stats.update(input=len(kept) + len(dropped), kept=ctx.write_records(kept), dropped=len(dropped))
+def _split(ctx: StageContext, verdicts: Iterable[tuple[Mapping[str, Any], str | None]], field: str,
+           reasons: Callable[[str], str]) -> dict[str, Any]:
+    """Write each (row, why it is dropped or None) to the records or to `dropped/` (the why in ``field``).
+
+    Stats: dropped_<reason> counts (first-seen order), then input, kept, dropped."""
+    stats: dict[str, Any] = {}
+    with ctx.record_writer() as kept, ctx.dropped_writer() as dropped:
+        for row, why in verdicts:
+            if why is None:
+                kept.write(row)
+            else:
+                dropped.write({**row, field: why})
+                stats[reasons(why)] = stats.get(reasons(why), 0) + 1
+    stats.update(input=kept.rows + dropped.rows, kept=kept.rows, dropped=dropped.rows)
     return stats
 
 
@@ -22,15 +42,8 @@ class LanguageConfig:
 
 
 def language(ctx: StageContext, cfg: LanguageConfig) -> dict[str, Any]:
-    kept, dropped, reasons = [], [], {}
-    for r in ctx.records("questions"):
-        reason = language_problem(r["question"], min_words=cfg.min_words)
-        if reason is None:
-            kept.append(r)
-        else:
-            reasons[f"dropped_{reason}"] = reasons.get(f"dropped_{reason}", 0) + 1
-            dropped.append({**r, "reason": reason})
-    return _finish(ctx, kept, dropped, reasons)
+    verdicts = ((r, language_problem(r["question"], min_words=cfg.min_words)) for r in ctx.iter_records("questions"))
+    return _split(ctx, verdicts, "reason", lambda reason: f"dropped_{reason}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,11 +54,13 @@ class DedupConfig:
     numbers_must_match: bool = True
 
 
-def near_duplicates(ctx: StageContext, cfg: DedupConfig) -> dict[str, Any]:
-    index = NearDuplicateFilter(cfg.threshold, cfg.num_perm, cfg.shingle, seed=ctx.seed,
-                                numbers_must_match=cfg.numbers_must_match)
-    kept, dropped = dedup(ctx.records("questions"), "question", dedup_filter=index)
-    return _finish(ctx, kept, dropped, {"dropped_near_duplicate": len(dropped)})
+def near_duplicates(ctx: StageContext, cfg: DedupConfig, index: NearDuplicateFilter | None = None) -> dict[str, Any]:
+    """``index``: an empty filter with ``cfg``'s settings to use (and read afterwards, e.g. its `nbytes`)."""
+    if index is None:
+        index = NearDuplicateFilter(cfg.threshold, cfg.num_perm, cfg.shingle, seed=ctx.seed,
+                                    numbers_must_match=cfg.numbers_must_match)
+    verdicts = dedup_stream(ctx.iter_records("questions"), "question", dedup_filter=index)
+    return {"dropped_near_duplicate": 0} | _split(ctx, verdicts, "duplicate_of", lambda _: "dropped_near_duplicate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,11 +76,10 @@ class DecontaminationConfig:
 def contamination(ctx: StageContext, cfg: DecontaminationConfig) -> dict[str, Any]:
     index = Decontaminator.from_benchmarks(cfg.benchmarks, data_dir=cfg.data_dir, n=cfg.n, paths=cfg.paths,
                                            prefix=f"stages.{ctx.name}.config.")
-    kept, dropped = decontaminate(ctx.records("questions"), "question", index)
-    per = {}
-    for d in dropped:
-        per[f"dropped_{d['contaminated_with']}"] = per.get(f"dropped_{d['contaminated_with']}", 0) + 1
-    return _finish(ctx, kept, dropped, {"dropped_contaminated": len(dropped), **per})
+    stats = _split(ctx, decontaminate_stream(ctx.iter_records("questions"), "question", index),
+                   "contaminated_with", lambda name: f"dropped_{name}")
+    per = {k: stats.pop(k) for k in list(stats) if k not in ("input", "kept", "dropped")}
+    return {"dropped_contaminated": stats["dropped"], **per, **stats}
 
 
 KINDS = {
