@@ -25,7 +25,7 @@ def tiny(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_qft_lowers_heldout_perplexity_and_writes_questions(tiny, tmp_path):
     cfg = load_config(TrainConfig, CONFIGS / "qft/tiny.yaml",
-                      [f"model.path={tiny}", f"output_dir={tmp_path}", "max_steps=150", "checkpoint.every_steps=1000"])
+                      [f"model.path={tiny}", f"output_dir={tmp_path}", "max_steps=80", "checkpoint.every_steps=1000"])
     trainer = Trainer(cfg)
     before = trainer.evaluate()
     result = trainer.train()
