@@ -148,7 +148,8 @@ def test_qpo_reference_with_adapters_off_equals_a_separate_frozen_reference(micr
 def test_lora_resumes_after_sigkill_with_the_same_losses(micro_model, tmp_path):
     overrides = {**LORA, "max_steps": 14, "checkpoint.every_steps": 1, "checkpoint.keep": 2,
                  "data.sources": [{"path": "procedural:300:5"}]}
-    Trainer(make_config(micro_model, tmp_path / "straight", **overrides)).train()
+    Trainer(make_config(micro_model, tmp_path / "straight",
+                        **{**overrides, "checkpoint.every_steps": 1000})).train()
     expected = train_losses(tmp_path / "straight")
     config = write_config(tmp_path / "lora.yaml", base_config(micro_model, tmp_path / "killed", **overrides))
     kill_then_resume([sys.executable, "-m", "sq_jax.cli", "qft", str(config)], tmp_path / "killed", after_lines=6)
