@@ -4,7 +4,9 @@ Part k of the input goes to process k mod P; its scores land in `<folder>/part-N
 once the whole part is scored), so a killed stage resumes at the first unscored part and a rerun scores nothing
 twice. Rows are read, rendered and tokenised `chunk` rows at a time (token ids as numpy arrays), so a host holds
 one chunk, never the set. A part is scored in the same chunks and packed rows whichever process scores it, so
-the scores do not depend on the process count or on where a run was killed.
+the scores do not depend on the process count or on where a run was killed: they are bit-identical between runs
+with as many chips per process (every host of a slice has the same); a scorer sharded over fewer chips adds in
+another order and differs in float32's last bit (~1e-7).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from sq_jax.data.dataset import atomic_open, iter_part
+from sq_jax.data.dataset import atomic_open, iter_part, read_json, write_json_atomic
 from sq_jax.parallel.distributed import sync
 
 Encode = Callable[[list[dict[str, Any]]], list[np.ndarray]]  # rows -> token ids of each
@@ -73,10 +75,14 @@ def score_parts(parts: Sequence[Path], folder: Path, encode: Encode,
         bar.update(n)
         bar.set_postfix(rows_s=f"{scored / max(time.perf_counter() - started, 1e-9):,.0f}")
 
+    log_path = folder / f"_process{index}.json"  # which parts this process scored, over all its runs
+    scored_parts = read_json(log_path).get("scored", [])
     for k in todo:
         result = score_part(parts[k], encode, score, chunk=chunk, max_length=max_length, on_rows=progress)
         with atomic_open(scores_path(folder, k), "wb") as f:
             np.savez(f, **result)
+        scored_parts.append(k)
+        write_json_atomic(log_path, {"process": index, "processes": processes, "scored": scored_parts})
     bar.close()
     seconds = time.perf_counter() - started
     if collective:

@@ -11,6 +11,7 @@ at it; any other is read at its last token, as `*ForSequenceClassification` read
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,6 +53,13 @@ def pack_plan(lengths: Sequence[int], width: int) -> list[list[int]]:
     return plan_packing(lengths, order, width, open_bins=64)
 
 
+@functools.partial(jax.jit, static_argnums=0)  # one compile per model structure and row shape, for every scorer
+def _forward(graphdef: Any, state: Any, tokens: jax.Array, positions: jax.Array, segments: jax.Array) -> jax.Array:
+    # Params as an argument: a closure would bake 7B weights into the HLO.
+    out = nnx.merge(graphdef, state)(tokens, positions, segments).logits
+    return out[..., 0].astype(jnp.float32)
+
+
 class PackedScorer:
     """Scores token sequences packed `rows` x `width` per forward call (one compile for the stage)."""
 
@@ -62,14 +70,7 @@ class PackedScorer:
         self.rows = -(-rows // devices) * devices  # rows shard over every local device
         self.width, self.max_length = width, max_length or width
         self.reward_token_id = model.config.reward_token_id
-        graphdef, self._state = nnx.split(model)
-
-        @jax.jit
-        def forward(state, tokens, positions, segments):  # params as an argument: a closure bakes 7B into the HLO
-            out = nnx.merge(graphdef, state)(tokens, positions, segments).logits
-            return out[..., 0].astype(jnp.float32)
-
-        self._forward = forward
+        self._graphdef, self._state = nnx.split(model)
 
     def __call__(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
         """The first label's score of each sequence (cut on the left to `max_length`), in input order."""
@@ -95,7 +96,7 @@ class PackedScorer:
                     segments[row, offset : offset + n] = segment
                     reads.append((i, row, offset + n - 1))
                     offset += n
-            per_token = np.asarray(self._forward(self._state, tokens, positions, segments))
+            per_token = np.asarray(_forward(self._graphdef, self._state, tokens, positions, segments))
             index = np.asarray(reads)
             out[index[:, 0]] = per_token[index[:, 1], index[:, 2]]
         return out

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -41,8 +42,8 @@ def _env(process_id: int, port: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def _start(argv: list[str], port: int) -> list[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, "-m", "sq_jax.cli", *argv], env=_env(i, port),
+def _start(argv: list[str], port: int, **extra: str) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-m", "sq_jax.cli", *argv], env=_env(i, port, **extra),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(PROCESSES)]
 
 
@@ -58,8 +59,8 @@ def _finish(procs: list[subprocess.Popen], timeout: float = 300) -> None:
         assert proc.returncode == 0, f"process {i} exited {proc.returncode}:\n{err[-3000:]}"
 
 
-def _run(argv: list[str], timeout: float = 300) -> None:
-    _finish(_start(argv, _free_port()), timeout)
+def _run(argv: list[str], timeout: float = 300, **extra: str) -> None:
+    _finish(_start(argv, _free_port(), **extra), timeout)
 
 
 def _train_cfg(micro_model: Path, output_dir: Path, **overrides) -> dict:
@@ -157,11 +158,22 @@ def test_two_processes_generate_exactly_the_single_process_shards(micro_model, t
     assert merged["stats"]["ok"] == single["stats"]["ok"] == 40
 
 
+def _scores_apart(parts: dict[str, bytes], field: str) -> dict:
+    """Each part's rows with `field` taken out, and all of `field`'s values under `__scores__`."""
+    out, scores = {}, []
+    for name, data in parts.items():
+        rows = [json.loads(line) for line in data.decode().splitlines()]
+        scores += [r.pop(field) for r in rows]
+        out[name] = rows
+    return {**out, "__scores__": np.asarray(scores)}
+
+
 def test_two_process_pipeline_matches_one_process(micro_model, tmp_path):
-    """Synthesis runs in both processes (each its shards), the language filter in process 0 alone; process 0
-    writes the records, manifests and report."""
+    """Synthesis, responses, difficulty and reward scoring run in both processes (each its shards or parts), the
+    language filter in process 0 alone; process 0 writes the records, manifests and report."""
     engine = {"max_slots": 8, "max_cache_length": 64, "max_prefill_length": 32, "dtype": "float32",
               "mesh_tensor": 1, "mesh_fsdp": -1}
+    scorer = {"head": "score", "dtype": "float32", "batch_size": 2, "max_length": 64}
 
     def pipeline(out: Path) -> Path:
         cfg = {"output_dir": str(out), "seed": 1, "stages": {
@@ -170,7 +182,15 @@ def test_two_process_pipeline_matches_one_process(micro_model, tmp_path):
                 "sampling": {"temperature": 1.0, "top_p": 0.95, "max_tokens": 12},
                 "keep_truncated": True}},  # a random micro model rarely ends a question in 12 tokens
             "language": {"kind": "filter_language", "inputs": {"questions": "questions"},
-                         "config": {"min_words": 1}}}}
+                         "config": {"min_words": 1}},
+            "difficulty": {"kind": "filter_difficulty", "inputs": {"questions": "questions"},
+                           "config": {"model": str(micro_model), **scorer}},
+            "responses": {"kind": "respond", "inputs": {"questions": "difficulty"}, "config": {
+                "model": str(micro_model), "samples": 2, "require_answer": False, "shard_size": 6,
+                "backend": "raw", "engine": {**engine, "max_cache_length": 128, "max_prefill_length": 112},
+                "sampling": {"temperature": 1.0, "max_tokens": 8}}},
+            "rewards": {"kind": "reward", "inputs": {"responses": "responses"},
+                        "config": {"model": str(micro_model), **scorer}}}}
         path = tmp_path / f"{out.name}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return path
@@ -178,12 +198,24 @@ def test_two_process_pipeline_matches_one_process(micro_model, tmp_path):
     from sq_jax.cli import main
 
     assert main(["pipeline", "run", str(pipeline(tmp_path / "one"))]) == 0
-    _run(["pipeline", "run", str(pipeline(tmp_path / "two"))])
-    for stage in ("questions", "language"):
-        one, two = (tmp_path / d / stage / "records.jsonl" for d in ("one", "two"))
-        assert two.read_bytes() == one.read_bytes(), stage
+    # Each process scores on its own 4 chips where the single process used 8: a scorer sharded otherwise adds in
+    # another order, so scores agree to float32 rounding (~5e-8 here), not bit for bit; everything else is equal.
+    _run(["pipeline", "run", str(pipeline(tmp_path / "two"))], JAX_DEFAULT_MATMUL_PRECISION="highest")
+    for stage in ("questions", "language", "difficulty", "responses", "rewards"):
+        one, two = ({p.name: p.read_bytes() for p in sorted((tmp_path / d / stage).glob("*/part-*.jsonl"))}
+                    for d in ("one", "two"))  # records/ and dropped/ parts
+        if stage in ("difficulty", "rewards"):  # the same rows and ranking; scores equal up to float32 rounding
+            one, two = (_scores_apart(parts, "difficulty" if stage == "difficulty" else "reward") for parts in (one, two))
+            np.testing.assert_allclose(two.pop("__scores__"), one.pop("__scores__"), rtol=0, atol=1e-6)
+        assert two == one and one, stage
         manifest = json.loads((tmp_path / "two" / stage / "_stage.json").read_text())
         assert manifest["status"] == "done" and manifest["counts"]["records"] > 0
+    for stage, upstream in (("difficulty", "questions"), ("rewards", "responses")):  # a score part per input part
+        parts = len(list((tmp_path / "two" / upstream / "records").glob("part-*.jsonl")))
+        assert parts > 2 and len(list((tmp_path / "two" / stage / "scores").glob("part-*.npz"))) == parts
+        scored = [json.loads((tmp_path / "two" / stage / "scores" / f"_process{i}.json").read_text())["scored"]
+                  for i in range(2)]
+        assert scored == [list(range(0, parts, 2)), list(range(1, parts, 2))], stage  # each process its share
     shards = sorted((tmp_path / "two" / "questions" / "generate").glob("_manifest.process*.json"))
     assert [json.loads(p.read_text())["finished_shards"] for p in shards] == [[0, 2, 4, 6], [1, 3, 5, 7]]
     assert json.loads((tmp_path / "two" / "report.json").read_text())["stages"][1]["status"] == "done"

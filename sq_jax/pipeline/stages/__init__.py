@@ -12,6 +12,9 @@ from sq_jax.data.dataset import PartWriter, count_rows, iter_part, list_parts
 RECORDS = "records"  # the folder of parts (sq_jax.data.dataset)
 DROPPED = "dropped"
 STAGE_MANIFEST = "_stage.json"  # one per stage folder, written by the runner
+# Rows a part holds: parts are what collective stages share out (a part per process at a time), so a set of 1M
+# questions must come in many more parts than a slice has hosts; generation stages write one per shard instead.
+PART_ROWS = 10_000
 
 
 class StageError(ValueError):
@@ -66,14 +69,14 @@ class StageContext:
             raise self.error(f"input {role!r} ({self.inputs[role].name}) has no exported model at {path}")
         return str(path)
 
-    def record_writer(self, part_rows: int = 100_000) -> PartWriter:
+    def record_writer(self, part_rows: int = PART_ROWS) -> PartWriter:
         """This stage's records, streamed into parts (process 0 writes; the others only count)."""
         if self.records_writer is not None:
             raise self.error("a stage writes its records once")
         self.records_writer = PartWriter(self.dir / RECORDS, part_rows, enabled=self.writer)
         return self.records_writer
 
-    def dropped_writer(self, part_rows: int = 100_000) -> PartWriter:
+    def dropped_writer(self, part_rows: int = PART_ROWS) -> PartWriter:
         """`dropped/`: what a filter set apart, each row with its reason."""
         return PartWriter(self.dir / DROPPED, part_rows, enabled=self.writer)
 

@@ -1,0 +1,94 @@
+"""The reward stage at scale: memory flat in the number of responses, rows/s printed.
+
+    python benchmarks/reward_scale.py --sizes 50000 250000
+
+Synthetic responses, realistic in length: each row's query and response are real ScaleQuest rows
+(`../shared/data/scalequest/samples.jsonl`), drawn at random, so the token lengths follow the released data; cut to
+128 tokens (`max_length`), as the issue's target says. Five responses per question, consecutive, as the respond
+stage writes them, in parts of 1000 rows (the respond stage's default shard size). The reward model is the tiny
+embedded model with a fresh score head (its scores are noise; the work per token is what is measured).
+
+Each size runs the real stage (`sq_jax.pipeline.stages.scored.reward`) in a fresh subprocess, which reports its
+own peak RSS (`ru_maxrss`), so the sizes do not share a heap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / ".." / "shared" / "data" / "scalequest" / "samples.jsonl"
+PART_ROWS = 1000
+SAMPLES_PER_QUESTION = 5
+
+
+def write_responses(folder: Path, rows: int, seed: int = 0) -> None:
+    from sq_jax.data.dataset import PartWriter
+
+    real = [json.loads(line) for line in SAMPLES.read_text().splitlines() if line.strip()]
+    rng = random.Random(seed)
+    with PartWriter(folder / "records", PART_ROWS) as writer:
+        for i in range(rows):
+            q, j = divmod(i, SAMPLES_PER_QUESTION)
+            sample = rng.choice(real)
+            writer.write({"id": f"q{q:09d}#{j}", "question_id": f"q{q:09d}", "query": sample["query"],
+                          "response": sample["response"], "answer": None, "finish": "stop"})
+    parts = writer.parts
+    (folder / "_stage.json").write_text(json.dumps({"status": "done", "parts": parts}))
+
+
+def run_one(work: Path, rows: int) -> dict:
+    """The stage on `rows` responses, in this process (called in a fresh subprocess per size)."""
+    from sq_jax.models.tiny import build_tiny
+    from sq_jax.pipeline.stages import StageContext
+    from sq_jax.pipeline.stages.scored import RewardConfig, reward
+
+    model = build_tiny(work / "tiny") if not (work / "tiny" / "config.json").exists() else work / "tiny"
+    upstream = work / f"responses-{rows}"
+    write_responses(upstream, rows)
+    stage = work / f"rewards-{rows}"
+    ctx = StageContext(name="rewards", dir=stage, inputs={"responses": upstream}, seed=0, output_dir=work)
+    started = time.perf_counter()
+    stats = reward(ctx, RewardConfig(model=str(model), head="score", dtype="float32", batch_size=32,
+                                     max_length=128))
+    seconds = time.perf_counter() - started
+    return {"rows": rows, "seconds": round(seconds, 1), "rows_per_s": round(rows / seconds, 1),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "questions": stats["questions"], "truncated": stats["truncated"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50_000, 250_000])
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one size here
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="reward-scale-"))
+    if args.one is not None:
+        print(json.dumps(run_one(work, args.one)))
+        return
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    results = []
+    for rows in args.sizes:
+        out = subprocess.run([sys.executable, __file__, "--one", str(rows), "--work", str(work)], env=env,
+                             capture_output=True, text=True, check=True)
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), flush=True)
+    print("\n| responses | seconds | rows/s | peak RSS (MiB) |\n|---|---|---|---|")
+    for r in results:
+        print(f"| {r['rows']:,} | {r['seconds']} | {r['rows_per_s']} | {r['peak_rss_mib']} |")
+    low, high = min(r["peak_rss_mib"] for r in results), max(r["peak_rss_mib"] for r in results)
+    print(f"\npeak RSS spread across sizes: {100 * (high - low) / low:.1f}% (target: within 10%)")
+
+
+if __name__ == "__main__":
+    main()
