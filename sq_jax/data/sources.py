@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from contextlib import closing
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sq_jax.data.dataset import write_part
 from sq_jax.data.remote import fetched, is_url
 
 __all__ = ["DataError", "Record", "read_records", "write_jsonl"]
@@ -254,22 +254,4 @@ def read_records(
 
 def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:
     """Write rows as UTF-8 JSON lines atomically (temp file + os.replace); return the row count."""
-    path = Path(os.path.expanduser(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory so os.replace is a rename on one filesystem; readers never see a half file.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    n = 0
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 so umask applies as usual
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(dict(row), ensure_ascii=False))
-                f.write("\n")
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return n
+    return write_part(path, rows)["rows"]

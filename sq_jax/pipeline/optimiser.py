@@ -14,13 +14,14 @@ import json
 import logging
 import os
 import re
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tqdm.auto import tqdm
+
+from sq_jax.data.dataset import atomic_open
 
 if TYPE_CHECKING:
     from sq_jax.sampling.server import EngineSettings
@@ -253,10 +254,8 @@ class OpenAIBackend:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         entry = {"key": key, "model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
                  "seed": self.seed, "messages": messages, "text": text, "finish_reason": finish}
-        # Written under a unique temp name, then renamed: a killed run never leaves a half-written entry.
-        tmp = self.cache_dir / f".{key}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-        tmp.write_text(json.dumps(entry, ensure_ascii=False, indent=1), encoding="utf-8")
-        os.replace(tmp, self.cache_dir / f"{key}.json")
+        with atomic_open(self.cache_dir / f"{key}.json") as f:  # a killed run never leaves a half-written entry
+            f.write(json.dumps(entry, ensure_ascii=False, indent=1))
 
     def _call(self, messages: list[dict[str, str]]) -> tuple[str | None, str | None, str | None]:
         """(text, finish_reason, None) or (None, None, error) once the client's retries are spent; never raises

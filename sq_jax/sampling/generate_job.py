@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 
 from sq_jax.configlib import config_hash, to_dict
 from sq_jax.data.fingerprint import local_content_hash
+from sq_jax.data.dataset import write_json_atomic
 from sq_jax.data.sources import read_records, write_jsonl
 from sq_jax.models.tokenizer import PromptFormat, encode_prompt
 from sq_jax.parallel.distributed import sync
@@ -114,9 +114,7 @@ def _manifest(out: Path, name: str = MANIFEST) -> dict:
 
 
 def _write_manifest(out: Path, manifest: dict, name: str = MANIFEST) -> None:
-    tmp = out / f".{name}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, out / name)
+    write_json_atomic(out / name, manifest)
 
 
 def input_fingerprints(cfg: GenerateConfig) -> dict[str, dict]:

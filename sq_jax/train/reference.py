@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from sq_jax.data.dataset import atomic_open
 from sq_jax.data.pairs import PreferencePairs
 from sq_jax.data.pipeline import eval_batches
 from sq_jax.train.step import batch_sharding
@@ -92,8 +93,6 @@ def load_cached(path: Path, key: str, ids: list[str]) -> np.ndarray | None:
 
 
 def save_cached(path: Path, key: str, ids: list[str], logps: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, key=np.asarray(key), ids=np.asarray(ids), logps=logps)
-    tmp.replace(path)  # atomic: a kill mid-write leaves no half cache
+    with atomic_open(path, "wb") as f:  # a kill mid-write leaves no half cache
+        np.savez(f, key=np.asarray(key), ids=np.asarray(ids), logps=logps)
 
