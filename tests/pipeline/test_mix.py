@@ -105,3 +105,23 @@ def test_the_config_is_checked_when_the_pipeline_loads(tmp_path):
     none = _pipeline(tmp_path, {"counts": {}}, {})
     with pytest.raises(ConfigError, match="at least one"):
         load_pipeline(none)
+
+
+def test_the_streamed_mix_equals_the_in_memory_one_and_never_loads_an_input(tmp_path, monkeypatch):
+    """The chosen records and their order are the ones ranking every record in memory by its full digest gives
+    (the stage before it streamed), and no input is read into a list."""
+    import hashlib
+
+    inputs = _inputs(tmp_path, {"a": 700, "b": 500}, shuffle_seed=5)
+    monkeypatch.setattr(StageContext, "records", lambda self, role: pytest.fail(f"loaded {role!r} into a list"))
+    got = _run(tmp_path, MixConfig(counts={"a": 300, "b": 250}), inputs, seed=7)
+
+    def rank(role: str, rid: str) -> bytes:
+        return hashlib.sha256(f"sq-jax/mix/7/{role}/{rid}".encode()).digest()
+
+    chosen = []
+    for role, n in (("a", 300), ("b", 250)):
+        rows = list(iter_rows(inputs[role] / "records"))
+        chosen += [{**r, "source": role} for r in sorted(rows, key=lambda r: rank(role, r["id"]))[:n]]
+    assert got == sorted(chosen, key=lambda r: rank("", r["id"]))
+    assert not (tmp_path / "mix-7" / "_mix_buckets").exists()

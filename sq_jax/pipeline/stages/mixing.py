@@ -9,12 +9,18 @@ input it came from (`source`).
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import hashlib
+import json
 import math
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
+from sq_jax.data.dataset import dump_row
 from sq_jax.pipeline.stages import Kind, StageContext
 
 
@@ -80,26 +86,70 @@ def _rank(seed: int, role: str, record_id: str) -> bytes:
     return hashlib.sha256(f"sq-jax/mix/{seed}/{role}/{record_id}".encode()).digest()
 
 
-def mix(ctx: StageContext, cfg: MixConfig) -> dict[str, Any]:
-    check_roles(cfg, ctx.inputs)
-    sets = {role: ctx.records(role) for role in sorted(ctx.inputs)}
-    owner: dict[str, str] = {}
-    for role, rows in sets.items():
-        for r in rows:
-            rid = str(r["id"])
-            if rid in owner:
-                raise ctx.error(f"id {rid!r} is in input {owner[rid]!r} and in {role!r}; ids must be unique "
+def _u64(digest: bytes) -> int:
+    return int.from_bytes(digest[:8], "big")  # orders as the digest does (ties in 64 bits aside)
+
+
+def _scan(ctx: StageContext, role: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rank under (seed, role), 64-bit hash of the id) of each of the input's records, in input order."""
+    ranks, ids = array.array("Q"), array.array("Q")  # 8 bytes an entry while reading, not a Python int
+    for r in ctx.iter_records(role):
+        rid = str(r["id"])
+        ranks.append(_u64(_rank(ctx.seed, role, rid)))
+        ids.append(_u64(hashlib.sha256(rid.encode()).digest()))
+    return np.frombuffer(ranks, np.uint64).copy(), np.frombuffer(ids, np.uint64).copy()
+
+
+def _refuse_shared_ids(ctx: StageContext, id_hashes: dict[str, np.ndarray]) -> None:
+    roles = np.concatenate([np.full(len(h), i) for i, h in enumerate(id_hashes.values())] or [np.zeros(0)])
+    values, first, counts = np.unique(np.concatenate(list(id_hashes.values()) or [np.zeros(0, np.uint64)]),
+                                      return_index=True, return_counts=True)
+    if not (counts > 1).any():
+        return
+    shared = values[counts > 1][0]
+    names = list(id_hashes)
+    owner = names[int(roles[first[counts > 1][0]])]
+    for role in names:  # a second pass, only to name the id
+        for r in ctx.iter_records(role):
+            if _u64(hashlib.sha256(str(r["id"]).encode()).digest()) == shared and role != owner:
+                raise ctx.error(f"id {str(r['id'])!r} is in input {owner!r} and in {role!r}; ids must be unique "
                                 "across the mixed inputs")
-            owner[rid] = role
-    sizes = mix_sizes(cfg, {role: len(rows) for role, rows in sets.items()})
-    chosen = []
-    for role, rows in sets.items():
-        ranked = sorted(rows, key=lambda r: _rank(ctx.seed, role, str(r["id"])))
-        chosen += [(_rank(ctx.seed, "", str(r["id"])), {**r, "source": role}) for r in ranked[: sizes[role]]]
-    chosen.sort(key=lambda pair: pair[0])  # one seeded interleaving, so a prefix of the mix is a mix too
-    stats: dict[str, Any] = {f"input_{role}": len(rows) for role, rows in sets.items()}
+    raise ctx.error(f"an id occurs twice in input {owner!r}; ids must be unique across the mixed inputs")
+
+
+def mix(ctx: StageContext, cfg: MixConfig) -> dict[str, Any]:
+    """Streams: a pass over each input keeps 16 bytes a record (its rank and id hash); the chosen records then go
+    into 256 bucket files by their place in the interleaving, and each bucket is sorted alone (a bucket sort on
+    disk), so no step holds more than 1/256 of the mix."""
+    check_roles(cfg, ctx.inputs)
+    roles = sorted(ctx.inputs)
+    scanned = {role: _scan(ctx, role) for role in roles}
+    _refuse_shared_ids(ctx, {role: ids for role, (_, ids) in scanned.items()})
+    sizes = mix_sizes(cfg, {role: len(ranks) for role, (ranks, _) in scanned.items()})
+    buckets = ctx.dir / "_mix_buckets"
+    shutil.rmtree(buckets, ignore_errors=True)
+    buckets.mkdir(parents=True)
+    files = [(buckets / f"{b:03d}.jsonl").open("ab") for b in range(256)]
+    try:
+        for role in roles:
+            chosen = np.zeros(len(scanned[role][0]), bool)
+            chosen[np.argsort(scanned[role][0], kind="stable")[: sizes[role]]] = True
+            for i, r in enumerate(ctx.iter_records(role)):
+                if chosen[i]:
+                    key = _rank(ctx.seed, "", str(r["id"]))  # one seeded interleaving: a prefix of the mix is a mix
+                    files[key[0]].write(key.hex().encode() + b"\t" + dump_row({**r, "source": role}))
+    finally:
+        for f in files:
+            f.close()
+    with ctx.record_writer() as writer:
+        for b in range(256):
+            path = buckets / f"{b:03d}.jsonl"
+            for line in sorted(path.read_bytes().splitlines()):  # the hex key first: sorted as the digests
+                writer.write(json.loads(line.split(b"\t", 1)[1]))
+    shutil.rmtree(buckets)
+    stats: dict[str, Any] = {f"input_{role}": len(scanned[role][0]) for role in roles}
     stats |= {f"taken_{role}": n for role, n in sizes.items()}
-    stats["records"] = ctx.write_records(r for _, r in chosen)
+    stats["records"] = writer.rows
     return stats
 
 
