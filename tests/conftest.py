@@ -1,6 +1,7 @@
 """Test setup: CPU JAX with 8 fake devices so every test exercises sharding, float32 matmuls, shared fixtures."""
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 flags = os.environ.get("XLA_FLAGS", "")
@@ -8,6 +9,8 @@ if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The content-hash cache of a test run stays with the run (subprocesses inherit it), not in ~/.cache/sq-jax.
+os.environ.setdefault("SQ_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="sq-jax-test-cache-"))
 
 from pathlib import Path  # noqa: E402
 
