@@ -124,7 +124,7 @@ def test_tiny_model_learns_to_prefer_solvable_questions(tmp_path):
     tiny = build_tiny(tmp_path / "tiny")
     cfg = load_config(TrainConfig, CONFIGS / "qpo/tiny.yaml", [
         f"model.path={tiny}", f"output_dir={tmp_path / 'run'}", "checkpoint.every_steps=1000", "tensorboard=false",
-        "max_steps=30",
+        "max_steps=20",
     ])
     trainer = Trainer(cfg)
     before = trainer.evaluate()
