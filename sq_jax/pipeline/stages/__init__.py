@@ -7,7 +7,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sq_jax.data.dataset import PartWriter, count_rows, iter_part, list_parts
+from tqdm.auto import tqdm
+
+from sq_jax.data.dataset import PartWriter, count_rows, iter_part, list_parts, read_json
 
 RECORDS = "records"  # the folder of parts (sq_jax.data.dataset)
 DROPPED = "dropped"
@@ -50,9 +52,15 @@ class StageContext:
         return list_parts(folder)
 
     def iter_records(self, role: str) -> Iterator[dict[str, Any]]:
-        """An upstream stage's records, streamed part by part."""
-        for path in self.input_parts(role):
-            yield from iter_part(path)
+        """An upstream stage's records, streamed part by part; process 0 shows a bar with rows/s and the ETA."""
+        parts = self.input_parts(role)
+        rows = (row for path in parts for row in iter_part(path))
+        if not self.writer:
+            yield from rows
+            return
+        listed = read_json(self.inputs[role] / STAGE_MANIFEST).get("parts", [])
+        total = sum(p["rows"] for p in listed) if len(listed) == len(parts) else None
+        yield from tqdm(rows, total=total, desc=f"{self.name} <- {role}", unit="row", mininterval=2.0)
 
     def records(self, role: str) -> list[dict[str, Any]]:
         """All of an upstream stage's records in a list: only for the small sets (seeds, QPO pairs)."""

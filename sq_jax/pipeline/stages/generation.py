@@ -14,7 +14,7 @@ from sq_jax.data.dataset import iter_part
 from sq_jax.data.sources import write_jsonl
 from sq_jax.eval.extract import extract_all_boxed, extract_answer
 from sq_jax.models.tokenizer import parse_judge_verdict
-from sq_jax.pipeline.stages import Kind, StageContext
+from sq_jax.pipeline.stages import RECORDS, Kind, StageContext
 from sq_jax.parallel.distributed import sync
 from sq_jax.sampling.generate_job import GenerateConfig, PromptSection, SamplingSection, run_generate
 from sq_jax.sampling.server import EngineSettings
@@ -39,14 +39,20 @@ class SynthesisConfig(GenerationConfig):
     keep_truncated: bool = False
 
 
-def generate(ctx: StageContext, cfg: GenerationConfig, mode: str, rows: Iterable[dict] | None = None,
-             count: int = 0, judge_prompt: str = "sq-jax") -> tuple[list[Path], dict[str, Any]]:
+def generate(ctx: StageContext, cfg: GenerationConfig, mode: str, *, role: str | None = None,
+             rows: Iterable[dict] | None = None, count: int = 0, judge_prompt: str = "sq-jax",
+             ) -> tuple[list[Path], dict[str, Any]]:
     """Run (or resume) the offline job; returns its finished shard files in request order and its stats.
 
-    Every process generates its share; the shards are then read one at a time by process 0 alone (the stage
-    turns each into one part of its records), so no host ever holds the whole output."""
+    The prompts are the questions of input `role` (read from its records/ folder, no copy), or `rows` (a small
+    selection, written to prompts.jsonl), or `count` pre-query samples. Every process generates its share; the
+    shards are then read one at a time by process 0 alone (the stage turns each into one part of its records),
+    so no host ever holds the whole output."""
     prompts = PromptSection(mode=mode, count=count)
-    if rows is not None:
+    if role is not None:
+        prompts = PromptSection(mode=mode, path=str(ctx.inputs[role] / RECORDS), field="question", id_field="id",
+                                limit=cfg.limit, judge_prompt=judge_prompt)
+    elif rows is not None:
         path = ctx.dir / "prompts.jsonl"
         if ctx.writer:
             write_jsonl(path, ({"id": r["id"], "question": r["question"]} for r in rows))
@@ -165,7 +171,7 @@ def judge(ctx: StageContext, cfg: JudgeConfig) -> dict[str, Any]:
     Dropped questions go to `dropped/` with the reason and the reply's end."""
     if cfg.samples != 1:
         raise ctx.error(f"samples={cfg.samples}: the judge gives one verdict per question; use samples: 1")
-    shards, stats = generate(ctx, cfg, "judge", _inputs(ctx, cfg), judge_prompt=cfg.prompt)
+    shards, stats = generate(ctx, cfg, "judge", role="questions", judge_prompt=cfg.prompt)
     counts = verdict_counts()
     rows = _inputs(ctx, cfg)  # the outputs are in the questions' order, one each: read both side by side
     with ctx.record_writer() as kept, ctx.dropped_writer() as dropped:
@@ -195,7 +201,7 @@ def has_final_answer(text: str) -> bool:
 def respond(ctx: StageContext, cfg: ResponseConfig) -> dict[str, Any]:
     """n solutions per question with the solver prompt; each keeps its extracted final answer. A question's n
     responses are consecutive rows (the reward stage relies on it to rank them in one pass)."""
-    shards, stats = generate(ctx, cfg, "solver", _inputs(ctx, cfg))
+    shards, stats = generate(ctx, cfg, "solver", role="questions")
     dropped = {"dropped_no_answer": 0, "dropped_error": 0}
     with ctx.record_writer() as kept:
         for outputs in _outputs(shards):
@@ -227,7 +233,7 @@ def difficulty_labels(ctx: StageContext, cfg: LabelConfig) -> dict[str, Any]:
     rows = [r for r in _inputs(ctx, cfg, "seeds") if r.get("answer") not in (None, "")]  # seeds: a small set
     if not rows:
         raise ctx.error("no seed question has an `answer`; difficulty labels need gold answers")
-    shards, stats = generate(ctx, cfg, "solver", rows)
+    shards, stats = generate(ctx, cfg, "solver", rows=rows)
     gold = {r["id"]: str(r["answer"]) for r in rows}
     right: dict[str, int] = {r["id"]: 0 for r in rows}
     extracted = 0
