@@ -12,7 +12,8 @@ the real stage functions run on it, each stage in a fresh subprocess so that its
 process: imports included) is its own. Prints per stage: seconds, rows/s, peak RSS; for dedup also the index's
 bytes per kept question (its numpy arrays' `nbytes`, capacities included).
 
-One function per stage group (`--stages`, comma-separated): `filters` (language, dedup, decontaminate).
+One function per stage group (`--stages`, comma-separated): `filters` (language, dedup, decontaminate) and
+`reward` (the reward stage at each of `--responses` sizes).
 """
 
 from __future__ import annotations
@@ -193,7 +194,21 @@ def planted_outcomes(work: Path) -> dict[str, dict[str, int]]:
     return {kind: dict(sorted(c.items())) for kind, c in sorted(out.items())}
 
 
-GROUPS = {"filters": filters}
+def reward(work: Path, sizes: list[int]) -> list[dict]:
+    """The reward stage (tiny score-head model, responses cut to 128 tokens) on each size, a fresh process each
+    (benchmarks/reward_scale.py), so the peak RSS of the sizes can be compared: flat means streamed."""
+    rows = []
+    for n in sizes:
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "reward_scale.py"), "--one", str(n), "--work", str(work)]
+        out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+                         .stdout.strip().splitlines()[-1])
+        rows.append({"stage": f"reward, {n:,} responses", "rows": n, "seconds": out["seconds"],
+                     "peak_rss": out["peak_rss_mib"] * 2**20,
+                     "stats": {"questions": out["questions"], "truncated": out["truncated"]}})
+    return rows
+
+
+GROUPS = {"filters": filters, "reward": reward}
 
 
 def format_table(rows: list[dict]) -> str:
@@ -216,6 +231,7 @@ def main() -> None:
     parser.add_argument("--stages", default="filters", help=f"comma-separated groups: {', '.join(GROUPS)}")
     parser.add_argument("--work", type=Path, default=Path("/tmp/sq-jax-pipeline-scale"))
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--responses", default="50000,250000", help="reward group: comma-separated sizes")
     parser.add_argument("--child", choices=FILTER_STAGES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -224,6 +240,13 @@ def main() -> None:
     for group in args.stages.split(","):
         if group not in GROUPS:
             parser.error(f"--stages: unknown group {group!r} (known: {', '.join(GROUPS)})")
+        if group == "reward":
+            rows = reward(args.work / group, [int(n) for n in args.responses.split(",")])
+            print("\nreward:")
+            print(format_table(rows))
+            low, high = min(r["peak_rss"] for r in rows), max(r["peak_rss"] for r in rows)
+            print(f"peak RSS spread across sizes: {100 * (high - low) / low:.1f}% (target: within 10%)")
+            continue
         rows = GROUPS[group](args.work / group, args.questions, args.data.resolve())
         total = sum(r["seconds"] for r in rows[1:])
         print(f"\n{group}: {args.questions:,} questions, {total:.1f} s through the stages, "
