@@ -42,8 +42,8 @@ def _chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str
 
 
 def score_part(part: Path, encode: Encode, score: Callable[[Sequence[np.ndarray]], np.ndarray], *,
-               chunk: int, max_length: int, on_rows: Callable[[int], None] = lambda n: None) -> dict[str, np.ndarray]:
-    """{scores, lengths} of one part's rows, in row order (lengths before any cut to `max_length`)."""
+               chunk: int, on_rows: Callable[[int], None] = lambda n: None) -> dict[str, np.ndarray]:
+    """{scores, lengths} of one part's rows, in row order (lengths before the scorer cuts any)."""
     scores, lengths = [], []
     for rows in _chunks(iter_part(part), chunk):
         ids = encode(rows)
@@ -57,7 +57,7 @@ def score_part(part: Path, encode: Encode, score: Callable[[Sequence[np.ndarray]
 
 def score_parts(parts: Sequence[Path], folder: Path, encode: Encode,
                 score: Callable[[Sequence[np.ndarray]], np.ndarray], *, collective: bool, chunk: int = 4096,
-                max_length: int, part_rows: Sequence[int] | None = None, desc: str = "score") -> dict[str, Any]:
+                part_rows: Sequence[int] | None = None, desc: str = "score") -> dict[str, Any]:
     """Score this process's share of `parts` into `folder` (skipping parts scored before); returns stats.
 
     Ends at a barrier when `collective`, so every part is scored when any process returns."""
@@ -78,7 +78,7 @@ def score_parts(parts: Sequence[Path], folder: Path, encode: Encode,
     log_path = folder / f"_process{index}.json"  # which parts this process scored, over all its runs
     scored_parts = read_json(log_path).get("scored", [])
     for k in todo:
-        result = score_part(parts[k], encode, score, chunk=chunk, max_length=max_length, on_rows=progress)
+        result = score_part(parts[k], encode, score, chunk=chunk, on_rows=progress)
         with atomic_open(scores_path(folder, k), "wb") as f:
             np.savez(f, **result)
         scored_parts.append(k)

@@ -38,8 +38,8 @@ def _score_input(ctx: StageContext, role: str, encode: Any, model: Any, batch_si
     upstream = {p["name"]: p["rows"] for p in read_json(ctx.inputs[role] / STAGE_MANIFEST).get("parts", [])}
     rows = [upstream[p.name] for p in parts] if all(p.name in upstream for p in parts) else None
     scorer = PackedScorer(model, rows=batch_size, width=max_length, max_length=max_length)
-    stats = score_parts(parts, ctx.dir / "scores", encode, scorer, collective=ctx.collective,
-                        max_length=max_length, part_rows=rows, desc=ctx.name)
+    stats = score_parts(parts, ctx.dir / "scores", encode, scorer, collective=ctx.collective, part_rows=rows,
+                        desc=ctx.name)
     return parts, stats
 
 
