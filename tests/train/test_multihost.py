@@ -42,8 +42,9 @@ def _env(process_id: int, port: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def _start(argv: list[str], port: int, **extra: str) -> list[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, "-m", "sq_jax.cli", *argv], env=_env(i, port, **extra),
+def _start(argv: list[str], port: int, argv_prefix: list[str] | None = None, **extra: str) -> list[subprocess.Popen]:
+    command = [sys.executable, *(argv_prefix or ["-m", "sq_jax.cli"]), *argv]
+    return [subprocess.Popen(command, env=_env(i, port, **extra),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(PROCESSES)]
 
 
@@ -82,17 +83,19 @@ def test_two_processes_train_like_one_on_disjoint_halves_and_resume_from_a_share
     out = tmp_path / "two"
     config = tmp_path / "two.yaml"
     config.write_text(yaml.safe_dump(_train_cfg(micro_model, out)))
-    # Killed after the step-4 checkpoint (written by both processes), then resumed by both.
-    procs = _start(["qft", str(config)], _free_port())
-    deadline = time.time() + 240
-    while time.time() < deadline and not (out / "checkpoints" / "4").is_dir():
-        assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
-        time.sleep(0.05)
+    # Killed after step 6 (each process kills itself), past the step-4 checkpoint both wrote; resumed by both.
+    die_at_step = [str(Path(__file__).with_name("die_at_step.py")), "6"]
+    procs = _start(["qft", str(config)], _free_port(), argv_prefix=die_at_step)
     for p in procs:
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-    assert all(p.returncode == -signal.SIGKILL for p in procs), "the run finished before the kill"
-    assert max(train_losses(out)) < 10
+        try:
+            _, err = p.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("a process did not reach step 6 within 240 s")
+        assert p.returncode == -signal.SIGKILL, f"exited {p.returncode}, not killed at step 6:\n{err[-3000:]}"
+    assert (out / "checkpoints" / "4").is_dir() and not (out / "checkpoints" / "8").exists()
+    assert max(train_losses(out)) == 6
     _run(["qft", str(config)])
 
     got = train_losses(out)
