@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import closing
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 from sq_jax.data.dataset import write_part
 from sq_jax.data.remote import fetched, is_url
 
-__all__ = ["DataError", "Record", "read_records", "write_jsonl"]
+__all__ = ["DataError", "Record", "read_records", "stream_records", "write_jsonl"]
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
@@ -220,7 +220,7 @@ def _check_fields(rec: Record, data: dict[str, Any], fields: Sequence[str], fiel
             )
 
 
-def read_records(
+def stream_records(
     spec: str | Path,
     *,
     fields: Sequence[str] = (),
@@ -228,28 +228,36 @@ def read_records(
     split: str = "train",
     limit: int | None = None,
     allow_empty: bool = False,
-) -> list[Record]:
-    """Read records from a file, shard folder, `save_to_disk` folder or hub dataset.
+) -> Iterator[Record]:
+    """Records from a file, shard folder, `save_to_disk` folder or hub dataset, one at a time (a 1M-question records
+    folder streams part by part, never held whole).
 
     ``field_map`` maps output field -> source field; ``fields`` must be present and non-null after
-    mapping. Raises DataError naming ``source:line`` and the field on any schema or parse problem.
+    mapping. Raises DataError naming ``source:line`` and the field on any schema or parse problem, when the
+    offending record is reached.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     field_map = dict(field_map or {})
-    out: list[Record] = []
+    count = 0
     if limit != 0:
         # closing() releases the open file at once when `limit` stops early.
         with closing(_iter_spec(spec, split, limit)) as it:
             for rec in it:
                 data = _apply_map(rec.data, field_map) if field_map else rec.data
                 _check_fields(rec, data, fields, field_map)
-                out.append(Record(data, rec.source, rec.line))
-                if limit is not None and len(out) >= limit:
+                yield Record(data, rec.source, rec.line)
+                count += 1
+                if limit is not None and count >= limit:
                     break
-    if not out and not allow_empty:
+    if not count and not allow_empty:
         raise DataError(f"{spec}: no records found")
-    return out
+
+
+def read_records(spec: str | Path, **options: Any) -> list[Record]:
+    """Read records from a file, shard folder, `save_to_disk` folder or hub dataset, into a list (small sets; see
+    `stream_records` for the options: fields, field_map, split, limit, allow_empty)."""
+    return list(stream_records(spec, **options))
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:

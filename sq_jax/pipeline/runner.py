@@ -143,8 +143,8 @@ def run_pipeline(cfg: PipelineConfig, *, only: str | None = None, start: str | N
                 (log.info if changed.startswith("config") else log.warning)(
                     "stage %s: %s; rerunning from scratch", name, changed)
                 shutil.rmtree(stage_dir)
-            for written in (RECORDS, DROPPED):  # rewritten from the stage's resumable work (generate/, scores/)
-                shutil.rmtree(stage_dir / written, ignore_errors=True)
+            for written in () if KINDS[spec.kind].parts_are_work else (RECORDS, DROPPED):
+                shutil.rmtree(stage_dir / written, ignore_errors=True)  # rewritten from the stage's work (scores/)
             stage_dir.mkdir(parents=True, exist_ok=True)
             _write_manifest(stage_dir, {"stage": name, "kind": spec.kind, "fingerprint": fps[name],
                                         "status": "running", "upstream": upstream})

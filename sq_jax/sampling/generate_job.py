@@ -1,7 +1,10 @@
 """`sq-jax generate CONFIG`: prompts (records, or the pre-query template and a count) -> sharded JSONL outputs.
 
-Shards are written atomically once every request in them is done, and listed in `_manifest.json`; a rerun skips
-finished shards, so a killed job resumes without losing or duplicating a record. Each request's seed derives
+Shards are written atomically once every request in them is done, and listed in `_manifest.json` (each with the
+dataset layer's part entry: name, rows, bytes, sha256); a rerun skips finished shards, so a killed job resumes
+without losing or duplicating a record. The prompts stream from their file or records folder: a process renders
+only the shards it generates, and only while they are in flight. A `sink` (the pipeline's generation stages) turns
+each finished shard into the stage's own record parts instead of a raw shard file, so outputs are on disk once. Each request's seed derives
 from the job seed and the request's stable id, so outputs do not depend on batching, order or resumption.
 
 With several JAX processes (a multi-host slice), process p generates shards p, p + P, p + 2P, ... on its own
@@ -17,7 +20,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -26,8 +29,8 @@ from tqdm.auto import tqdm
 
 from sq_jax.configlib import config_hash, to_dict
 from sq_jax.data.fingerprint import local_content_hash
-from sq_jax.data.dataset import write_json_atomic
-from sq_jax.data.sources import read_records, write_jsonl
+from sq_jax.data.dataset import write_json_atomic, write_part
+from sq_jax.data.sources import Record, stream_records
 from sq_jax.models.tokenizer import PromptFormat, encode_prompt
 from sq_jax.parallel.distributed import sync
 from sq_jax.sampling.loop import Completion, Request, run_loop
@@ -47,6 +50,8 @@ class PromptSection:
     id_field: str = "id"
     limit: int | None = None
     judge_prompt: Literal["sq-jax", "paper"] = "sq-jax"  # judge mode: models/tokenizer.JUDGE_PROMPTS
+    # What an output carries of its input record: the prompt field, or the whole record (under "input").
+    carry: Literal["field", "record"] = "field"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,22 +90,73 @@ def request_seed(job_seed: int, request_id: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def build_prompts(cfg: GenerateConfig, fmt: PromptFormat) -> list[tuple[str, str, dict]]:
-    """(prompt id, prompt text, fields to carry into the output) in a stable order."""
+Prompt = tuple[str, str, dict]  # (prompt id, prompt text, fields carried into the output)
+ShardItem = tuple[str, int, str, dict]  # (prompt id, sample index, prompt text, carried fields)
+
+
+def _prompt_records(p: PromptSection):
+    return stream_records(p.path, fields=[p.field], limit=p.limit)
+
+
+def count_prompts(cfg: GenerateConfig) -> int:
+    """How many prompts the job has, checked in one streaming pass before any model is loaded: every record has
+    the prompt field, and prompt ids are unique (a duplicate would give two outputs one id)."""
     p = cfg.prompts
     if p.mode == "pre_query":
-        return [(f"q{i:09d}", fmt.pre_query_template, {}) for i in range(p.count)]
-    records = read_records(p.path, fields=[p.field], limit=p.limit)
-    render = {"solver": fmt.solver_prompt, "judge": lambda q: fmt.judge_prompt(q, p.judge_prompt),
-              "text": lambda text: text}[p.mode]
-    out, seen = [], set()
-    for r in records:
-        pid = str(r.data.get(p.id_field, f"{Path(r.source).name}:{r.line}"))
+        return p.count
+    seen: set[str] = set()
+    for r in _prompt_records(p):
+        pid = _prompt_id(r, p)
         if pid in seen:
             raise ValueError(f"{r.source}:{r.line}: duplicate prompt id {pid!r} (ids must be unique)")
         seen.add(pid)
-        out.append((pid, render(str(r.data[p.field])), {p.field: r.data[p.field]}))
-    return out
+    return len(seen)
+
+
+def _prompt_id(r: Record, p: PromptSection) -> str:
+    return str(r.data.get(p.id_field, f"{Path(r.source).name}:{r.line}"))
+
+
+def iter_prompts(cfg: GenerateConfig, fmt: PromptFormat) -> Iterator[Prompt]:
+    """(prompt id, prompt text, fields to carry into the output) in a stable order, streamed."""
+    p = cfg.prompts
+    if p.mode == "pre_query":
+        yield from ((f"q{i:09d}", fmt.pre_query_template, {}) for i in range(p.count))
+        return
+    render = {"solver": fmt.solver_prompt, "judge": lambda q: fmt.judge_prompt(q, p.judge_prompt),
+              "text": lambda text: text}[p.mode]
+    for r in _prompt_records(p):
+        carry = {"input": r.data} if p.carry == "record" else {p.field: r.data[p.field]}
+        yield _prompt_id(r, p), render(str(r.data[p.field])), carry
+
+
+def build_prompts(cfg: GenerateConfig, fmt: PromptFormat) -> list[Prompt]:
+    """Every prompt in a list: for small jobs and tests (the job itself streams them)."""
+    count_prompts(cfg)
+    return list(iter_prompts(cfg, fmt))
+
+
+def iter_shards(cfg: GenerateConfig, fmt: PromptFormat, wanted: set[int]) -> Iterator[tuple[int, list[ShardItem]]]:
+    """(shard index, its requests) for the shards in `wanted`, in order. The prompts stream past: a process holds
+    the shards it has in flight, never the job's prompts."""
+    if not wanted:
+        return
+    last = max(wanted)
+    requests = ((pid, j, text, carry) for pid, text, carry in iter_prompts(cfg, fmt)
+                for j in range(cfg.samples_per_prompt))
+    items: list[ShardItem] = []
+    for position, item in enumerate(requests):
+        k = position // cfg.shard_size
+        if k in wanted:
+            items.append(item)
+        if position % cfg.shard_size == cfg.shard_size - 1:  # shard k is complete: hand it out at once
+            if items:
+                yield k, items
+                items = []
+            if k >= last:
+                return  # nothing past the last wanted shard is read
+    if items:
+        yield k, items  # the last shard, short
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -179,15 +235,24 @@ def _merge_stats(parts: list[dict]) -> dict:
     return merged
 
 
-def run_generate(cfg: GenerateConfig, *, collective: bool = True, restart: bool = False) -> dict:
-    """Run (or resume) a generation job; returns the manifest (merged over processes).
+ShardSink = Callable[[int, list[dict]], dict]  # (shard index, its outputs in request order) -> what it wrote
 
-    `collective`: every process runs this call and takes its share of the shards; False when one process runs it
-    alone (the others are busy elsewhere or waiting), which then generates every shard on its own devices.
-    `restart`: delete what an earlier run left in output_dir and generate every shard again."""
-    processes, index = (jax.process_count(), jax.process_index()) if collective else (1, 0)
-    own = MANIFEST if processes == 1 else f"_manifest.process{index}.json"
-    out = Path(cfg.output_dir)
+
+def raw_shards(out: Path) -> ShardSink:
+    """The standalone job's sink: each shard's outputs as `shard-NNNNN.jsonl`, atomically."""
+    return lambda k, rows: {"part": write_part(out / f"shard-{k:05d}.jsonl", rows)}
+
+
+def _output_row(item: ShardItem, done: Completion, text: str, hit: bool) -> dict:
+    pid, j, prompt, carry = item
+    return {"id": f"{pid}#{j}", "prompt_id": pid, "sample": j, **carry, "prompt": prompt, "output": text,
+            "finish_reason": "stop" if hit else done.finish_reason, "num_tokens": len(done.token_ids),
+            "error": done.error}
+
+
+def _open_job(cfg: GenerateConfig, out: Path, processes: int, index: int, restart: bool) -> tuple[dict, dict]:
+    """(what every earlier run recorded, by manifest file; this job's input fingerprints), refusing a job that
+    would add shards to outputs of another config, other prompts or another model."""
     out.mkdir(parents=True, exist_ok=True)
     if restart:
         if index == 0:
@@ -202,34 +267,54 @@ def run_generate(cfg: GenerateConfig, *, collective: bool = True, restart: bool 
                              f"now {digest}). {_WHAT_TO_DO}")
     inputs = input_fingerprints(cfg)  # before the engine: a refusal costs no model load
     check_inputs(out, previous, inputs)
-    manifest = _manifest(out, own)
+    return previous, {"config_hash": digest, "inputs": inputs}
+
+
+def run_generate(cfg: GenerateConfig, *, collective: bool = True, restart: bool = False,
+                 sink: ShardSink | None = None) -> dict:
+    """Run (or resume) a generation job; returns the manifest (merged over processes).
+
+    `collective`: every process runs this call and takes its share of the shards; False when one process runs it
+    alone (the others are busy elsewhere or waiting), which then generates every shard on its own devices.
+    `restart`: delete what an earlier run left in output_dir (raw shards, manifests) and generate every shard again.
+    `sink`: what becomes of a finished shard (default `raw_shards`); the process that generated it calls it, and
+    the manifest keeps what it returns under `shards` (a sink's files are its owner's to clear)."""
+    processes, index = (jax.process_count(), jax.process_index()) if collective else (1, 0)
+    own = MANIFEST if processes == 1 else f"_manifest.process{index}.json"
+    out = Path(cfg.output_dir)
+    previous, identity = _open_job(cfg, out, processes, index, restart)
+    num_requests = count_prompts(cfg) * cfg.samples_per_prompt
+    num_shards = -(-num_requests // cfg.shard_size)
+    sink = sink or raw_shards(out)
     s = cfg.sampling
     default = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens)
     engine = build_engine(cfg.model, cfg.engine, default, jetstream_api=cfg.backend == "jetstream")
-    tokenizer, fmt = engine.hf_tokenizer, engine.prompt_format
-    stops = list(s.stop)
-    prompts = build_prompts(cfg, fmt)
-    items = [(pid, j, text, carry) for pid, text, carry in prompts for j in range(cfg.samples_per_prompt)]
-    shards = [items[i : i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
+    tokenizer = engine.hf_tokenizer
     # Whoever finished a shard before (another process count, an earlier run), it is not generated again.
+    known = {k: info for m in previous.values() for k, info in m.get("shards", {}).items()}
     finished = {k for m in previous.values() for k in m.get("finished_shards", [])}
-    mine = set(range(index, len(shards), processes))
-    manifest = {"config_hash": digest, "inputs": inputs, "num_requests": len(items), "num_shards": len(shards),
-                "finished_shards": sorted(finished & mine), "stats": manifest.get("stats", {})}
+    mine = set(range(index, num_shards, processes))
+    manifest = {**identity, "num_requests": num_requests, "num_shards": num_shards,
+                "finished_shards": sorted(finished & mine),
+                "shards": {str(k): known[str(k)] for k in sorted(finished & mine) if str(k) in known},
+                "stats": _manifest(out, own).get("stats", {})}
     _write_manifest(out, manifest, own)
-    todo = [k for k in sorted(mine) if k not in finished]
-    encoded: dict[str, list[int]] = {}
+    todo = sorted(mine - finished)
+    inflight: dict[int, list[ShardItem]] = {}
+    pending: dict[int, dict[str, Completion]] = {}
+    size = lambda k: min(cfg.shard_size, num_requests - k * cfg.shard_size)  # noqa: E731
 
     def requests() -> Iterator[Request]:
-        for k in todo:
-            for pid, j, text, _ in shards[k]:
-                ids = encoded.setdefault(text, encode_prompt(tokenizer, text))
+        last_text, ids = None, []
+        for k, items in iter_shards(cfg, engine.prompt_format, set(todo)):
+            inflight[k], pending[k] = items, {}
+            for pid, j, text, _ in items:
+                if text != last_text:  # a prompt's samples are consecutive; the pre-query prompt is one text
+                    last_text, ids = text, encode_prompt(tokenizer, text)
                 rid = f"{pid}#{j}"
-                sampling = dataclasses.replace(default, seed=request_seed(s.seed, rid))
-                yield Request(ids, sampling, id=(k, rid))
+                yield Request(ids, dataclasses.replace(default, seed=request_seed(s.seed, rid)), id=(k, rid))
 
-    pending: dict[int, dict[str, Completion]] = {k: {} for k in todo}
-    bar = tqdm(total=sum(len(shards[k]) for k in todo), desc="generate", unit="req")
+    bar = tqdm(total=sum(size(k) for k in todo), desc="generate", unit="req")
     started, tokens = time.perf_counter(), 0
 
     def on_complete(done: Completion) -> None:
@@ -239,27 +324,25 @@ def run_generate(cfg: GenerateConfig, *, collective: bool = True, restart: bool 
         tokens += len(done.token_ids)
         bar.update(1)
         bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - started, 1e-9):,.0f}")
-        if len(pending[k]) == len(shards[k]):
+        if len(pending[k]) == len(inflight[k]):
             _finish_shard(k)
 
     def _finish_shard(k: int) -> None:
         rows, counts = [], {"ok": 0, "error": 0, "stop": 0, "length": 0, "cache": 0, "stop_string": 0}
-        for pid, j, text, carry in shards[k]:
-            done = pending[k][f"{pid}#{j}"]
-            output, hit = cut_at_stop(tokenizer.decode(done.token_ids), stops)
+        for item in inflight.pop(k):
+            done = pending[k][f"{item[0]}#{item[1]}"]
+            text, hit = cut_at_stop(tokenizer.decode(done.token_ids), list(s.stop))
             counts[done.finish_reason] += 1
             counts["stop_string"] += hit
             counts["ok"] += done.finish_reason != "error"
-            rows.append({"id": f"{pid}#{j}", "prompt_id": pid, "sample": j, **carry, "prompt": text,
-                         "output": output, "finish_reason": "stop" if hit else done.finish_reason,
-                         "num_tokens": len(done.token_ids), "error": done.error})
-        write_jsonl(out / f"shard-{k:05d}.jsonl", rows)
+            rows.append(_output_row(item, done, text, hit))
+        del pending[k]
+        manifest["shards"][str(k)] = sink(k, rows)
         finished.add(k)
         for key, value in counts.items():
             manifest["stats"][key] = manifest["stats"].get(key, 0) + value
         manifest["finished_shards"] = sorted(finished & mine)
         _write_manifest(out, manifest, own)
-        del pending[k]
 
     if todo:
         if cfg.backend == "jetstream":
@@ -270,16 +353,20 @@ def run_generate(cfg: GenerateConfig, *, collective: bool = True, restart: bool 
             run_loop(engine, requests(), on_complete=on_complete)
     bar.close()
     elapsed = time.perf_counter() - started
-    manifest["stats"]["last_run"] = {"requests": sum(len(shards[k]) for k in todo), "output_tokens": tokens,
+    manifest["stats"]["last_run"] = {"requests": sum(size(k) for k in todo), "output_tokens": tokens,
                                      "seconds": elapsed, "tokens_per_s": tokens / max(elapsed, 1e-9),
                                      "engine": dict(engine.stats)}
     _write_manifest(out, manifest, own)
-    if processes == 1:
-        return manifest
+    return manifest if processes == 1 else _merge_process_manifests(out, manifest, processes, index)
+
+
+def _merge_process_manifests(out: Path, manifest: dict, processes: int, index: int) -> dict:
+    """Process 0 writes `_manifest.json`: every process's finished shards, sink results and summed stats."""
     sync(f"generate-done:{out}")
     if index == 0:
         parts = list(_process_manifests(out).values())
         merged = {**manifest, "finished_shards": sorted({k for m in parts for k in m["finished_shards"]}),
+                  "shards": {k: v for m in parts for k, v in m.get("shards", {}).items()},
                   "stats": _merge_stats([m["stats"] for m in parts]), "processes": processes}
         _write_manifest(out, merged)
     sync(f"generate-merged:{out}")

@@ -1,6 +1,7 @@
 """Exactly-once under failure: SIGKILL the pipeline inside question synthesis (generation), the difficulty filter
 and reward scoring (collective scoring), a real subprocess and signal; the resumed run ends with byte-identical
-records, generation shards and score parts to an uninterrupted run with the same seed, through every stage."""
+records (generation stages write theirs shard by shard) and score parts to an uninterrupted run with the same seed,
+through every stage."""
 
 from __future__ import annotations
 
@@ -59,18 +60,18 @@ def kill_when(command: list[str], marker: Path, timeout: float = 240) -> None:
 
 
 def outputs(run: Path) -> dict[str, bytes]:
-    """Every record part, generation shard and score part of the run, by path."""
+    """Every record part, dropped part and score part of the run, by path."""
     files = {}
     for stage in STAGES:
-        for pattern in ("records/part-*.jsonl", "dropped/part-*.jsonl", "generate/shard-*.jsonl", "scores/*.npz"):
+        for pattern in ("records/part-*.jsonl", "dropped/part-*.jsonl", "scores/*.npz"):
             for path in sorted((run / stage).glob(pattern)):
                 files[str(path.relative_to(run))] = path.read_bytes()
     return files
 
 
 def work_units(run: Path, stage: str) -> list[Path]:
-    """What a stage has finished so far: generation shards or score parts."""
-    return sorted((run / stage).glob("scores/*.npz" if stage in SCORING else "generate/shard-*.jsonl"))
+    """What a stage has finished so far: score parts, or record parts (one per generation shard)."""
+    return sorted((run / stage).glob("scores/*.npz" if stage in SCORING else "records/part-*.jsonl"))
 
 
 @pytest.mark.slow
@@ -80,7 +81,9 @@ def test_sigkill_in_generation_difficulty_and_reward_then_resume_gives_the_unint
     config.write_text(yaml.safe_dump(pipeline(straight), sort_keys=False))
     run_pipeline(load_pipeline(config))
     expected = outputs(straight)
-    assert len([k for k in expected if "/generate/" in k]) == 4 + 4 + 6  # 64 questions, 48 kept x 2 responses
+    shards = [json.loads((straight / s / "generate" / "_manifest.json").read_text())["num_shards"] for s in GENERATING]
+    assert shards == [4, 4, 6]  # 64 questions, 48 kept x 2 responses
+    assert not list(straight.glob("*/generate/shard-*.jsonl"))  # outputs go straight into record parts
     assert len([k for k in expected if "/scores/" in k]) == 4 + 6  # a score part per input part
 
     killed = tmp_path / "killed"
@@ -88,11 +91,12 @@ def test_sigkill_in_generation_difficulty_and_reward_then_resume_gives_the_unint
     config.write_text(yaml.safe_dump(pipeline(killed), sort_keys=False))
     command = [sys.executable, "-m", "sq_jax.cli", "pipeline", "run", str(config)]
     for stage in KILLED:
-        marker = "scores/part-00001.npz" if stage in SCORING else "generate/shard-00002.jsonl"
+        marker = "scores/part-00001.npz" if stage in SCORING else "records/part-00002.jsonl"
         kill_when(command, killed / stage / marker)
         manifest = read_manifest(killed / stage)
         assert manifest["status"] == "running"  # killed inside the stage, not between stages
-        assert not list((killed / stage).glob("records/part-*.jsonl"))
+        if stage in SCORING:  # records come once every part is scored
+            assert not list((killed / stage).glob("records/part-*.jsonl"))
         assert 1 <= len(work_units(killed, stage)) < len(work_units(straight, stage)), stage
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
     assert done.returncode == 0, done.stderr[-3000:]

@@ -76,3 +76,47 @@ def test_solver_prompts_from_records_with_n_samples(tiny, tmp_path):
 def test_stop_strings_cut_text():
     assert cut_at_stop("Q: what? A: 4", ["A:", "Z"]) == ("Q: what? ", True)
     assert cut_at_stop("plain", ["A:"]) == ("plain", False)
+
+
+def test_a_process_renders_only_its_shards_streaming_the_prompts(tiny, tmp_path):
+    """Shard k holds requests [4k, 4k + 4) of prompt x sample order; the prompts stream past (a bad line after
+    the wanted shards is never read), so a host holds its in-flight shards, never the job's prompts."""
+    from sq_jax.models.tokenizer import get_prompt_format
+    from sq_jax.sampling.generate_job import build_prompts, count_prompts, iter_shards
+
+    questions = tmp_path / "q.jsonl"
+    lines = [json.dumps({"id": f"x{i}", "question": f"What is {i} plus {i}?"}) for i in range(11)]
+    questions.write_text("\n".join(lines) + "\n")
+    cfg = config(tiny, tmp_path / "o", prompts={"mode": "solver", "path": str(questions)}, samples_per_prompt=2)
+    fmt = get_prompt_format("qwen")
+    flat = [(pid, j, text, carry) for pid, text, carry in build_prompts(cfg, fmt) for j in range(2)]
+    assert count_prompts(cfg) == 11 and len(flat) == 22
+    got = dict(iter_shards(cfg, fmt, {1, 3, 5}))
+    assert got == {1: flat[4:8], 3: flat[12:16], 5: flat[20:22]}
+    questions.write_text("\n".join(lines[:4] + ["{not json"] + lines[5:]) + "\n")
+    assert dict(iter_shards(cfg, fmt, {0, 1})) == {0: flat[0:4], 1: flat[4:8]}  # line 5 is never parsed
+    with pytest.raises(ValueError, match="q.jsonl:5"):
+        count_prompts(cfg)  # the whole input is checked before any model load
+
+
+def test_a_sink_takes_each_finished_shard_instead_of_a_raw_file(tiny, tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("\n".join(json.dumps({"id": f"x{i}", "question": f"Add {i} and 2.", "level": i})
+                                   for i in range(5)) + "\n")
+    taken: list[int] = []
+
+    def sink(k: int, outputs: list[dict]) -> dict:
+        taken.append(k)
+        return {"ids": [o["id"] for o in outputs], "levels": [o["input"]["level"] for o in outputs]}
+
+    out = tmp_path / "gen"
+    job = config(tiny, out, prompts={"mode": "solver", "path": str(questions), "carry": "record"},
+                 samples_per_prompt=2)
+    manifest = run_generate(job, sink=sink)
+    assert taken == [0, 1, 2] and not list(out.glob("shard-*.jsonl"))
+    assert manifest["shards"]["1"] == {"ids": ["x2#0", "x2#1", "x3#0", "x3#1"], "levels": [2, 2, 3, 3]}
+    # A shard the manifest does not list as finished (killed before its commit) goes to the sink again, alone.
+    m = json.loads((out / "_manifest.json").read_text())
+    m["finished_shards"], m["shards"] = [0, 2], {k: v for k, v in m["shards"].items() if k != "1"}
+    (out / "_manifest.json").write_text(json.dumps(m))
+    assert run_generate(job, sink=sink)["shards"] == manifest["shards"] and taken == [0, 1, 2, 1]

@@ -39,6 +39,14 @@ class StageContext:
     collective: bool = False
     writer: bool = True
     records_writer: PartWriter | None = None
+    adopted_parts: list[dict[str, Any]] | None = None  # parts written shard by shard by the generation job
+
+    def adopt_parts(self, parts: list[dict[str, Any]]) -> None:
+        """This stage's records are `parts` ({name, rows, bytes, sha256}), already in records/ (written by the
+        processes that generated them), instead of a `record_writer`'s."""
+        if self.records_writer is not None:
+            raise self.error("a stage writes its records once")
+        self.adopted_parts = list(parts)
 
     def error(self, message: str) -> StageError:
         return StageError(self.name, message)
@@ -79,7 +87,7 @@ class StageContext:
 
     def record_writer(self, part_rows: int = PART_ROWS) -> PartWriter:
         """This stage's records, streamed into parts (process 0 writes; the others only count)."""
-        if self.records_writer is not None:
+        if self.records_writer is not None or self.adopted_parts is not None:
             raise self.error("a stage writes its records once")
         self.records_writer = PartWriter(self.dir / RECORDS, part_rows, enabled=self.writer)
         return self.records_writer
@@ -99,10 +107,14 @@ class StageContext:
     def count_records(self) -> int:
         if self.records_writer is not None:
             return self.records_writer.rows
+        if self.adopted_parts is not None:
+            return sum(p["rows"] for p in self.adopted_parts)
         return count_rows(self.dir / RECORDS)
 
     def record_parts(self) -> list[dict[str, Any]]:
         """{name, rows, bytes, sha256} of each part this stage wrote (its manifest lists them)."""
+        if self.adopted_parts is not None:
+            return list(self.adopted_parts)
         return list(self.records_writer.parts) if self.records_writer is not None else []
 
 
@@ -114,6 +126,9 @@ class Kind:
     optional_inputs: tuple[str, ...] = ()
     produces: str = "records"  # records | model | report
     collective: bool = False  # runs in every process of a multi-host job (see StageContext)
+    # records/ and dropped/ are the stage's resumable work (parts written as generation shards finish): a rerun
+    # of an unchanged stage keeps them; other stages rewrite theirs from their work (scores/) on every run.
+    parts_are_work: bool = False
     any_inputs: bool = False  # inputs under any role names (at least one), e.g. the sets a mix combines
     check_inputs: Callable[[Any, dict[str, str]], None] | None = None  # (typed config, inputs): ValueError if wrong
 

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from sq_jax.data.dataset import iter_part
+from sq_jax.data.dataset import iter_part, part_name, write_part
 from sq_jax.data.sources import write_jsonl
 from sq_jax.eval.extract import extract_all_boxed, extract_answer
 from sq_jax.models.tokenizer import parse_judge_verdict
-from sq_jax.pipeline.stages import RECORDS, Kind, StageContext
+from sq_jax.pipeline.stages import DROPPED, RECORDS, Kind, StageContext
 from sq_jax.parallel.distributed import sync
-from sq_jax.sampling.generate_job import GenerateConfig, PromptSection, SamplingSection, run_generate
+from sq_jax.sampling.generate_job import GenerateConfig, PromptSection, SamplingSection, ShardSink, run_generate
 from sq_jax.sampling.server import EngineSettings
 
 
@@ -41,17 +41,16 @@ class SynthesisConfig(GenerationConfig):
 
 def generate(ctx: StageContext, cfg: GenerationConfig, mode: str, *, role: str | None = None,
              rows: Iterable[dict] | None = None, count: int = 0, judge_prompt: str = "sq-jax",
-             ) -> tuple[list[Path], dict[str, Any]]:
-    """Run (or resume) the offline job; returns its finished shard files in request order and its stats.
+             carry: str = "field", sink: ShardSink | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run (or resume) the offline job; returns its manifest (merged over processes) and its stats.
 
-    The prompts are the questions of input `role` (read from its records/ folder, no copy), or `rows` (a small
-    selection, written to prompts.jsonl), or `count` pre-query samples. Every process generates its share; the
-    shards are then read one at a time by process 0 alone (the stage turns each into one part of its records),
-    so no host ever holds the whole output."""
+    The prompts are the questions of input `role` (streamed from its records/ folder, no copy), or `rows` (a small
+    selection, written to prompts.jsonl), or `count` pre-query samples. Every process generates its share, and
+    with a `sink` (`record_sink`) turns each finished shard into parts of the stage's records itself."""
     prompts = PromptSection(mode=mode, count=count)
     if role is not None:
         prompts = PromptSection(mode=mode, path=str(ctx.inputs[role] / RECORDS), field="question", id_field="id",
-                                limit=cfg.limit, judge_prompt=judge_prompt)
+                                limit=cfg.limit, judge_prompt=judge_prompt, carry=carry)
     elif rows is not None:
         path = ctx.dir / "prompts.jsonl"
         if ctx.writer:
@@ -63,19 +62,50 @@ def generate(ctx: StageContext, cfg: GenerationConfig, mode: str, *, role: str |
     job = GenerateConfig(model=ctx.model("model", cfg.model), output_dir=str(ctx.dir / "generate"), prompts=prompts,
                          samples_per_prompt=cfg.samples, sampling=sampling, engine=cfg.engine, backend=cfg.backend,
                          shard_size=cfg.shard_size, window=cfg.window)
-    manifest = run_generate(job, collective=ctx.collective)
+    manifest = run_generate(job, collective=ctx.collective, sink=sink)
     last = manifest["stats"].get("last_run", {})
     seconds = max(float(last.get("seconds", 0.0)), 1e-9)
     stats = {"requests": manifest["num_requests"], "finish": {k: manifest["stats"].get(k, 0)
                                                               for k in ("stop", "length", "cache", "error")},
              "last_run_requests_per_s": last.get("requests", 0) / seconds,
              "last_run_tokens_per_s": last.get("output_tokens", 0) / seconds}
-    shards = [Path(job.output_dir) / f"shard-{k:05d}.jsonl" for k in range(manifest["num_shards"])]
-    return (shards if ctx.writer else []), stats
+    return manifest, stats
+
+
+Convert = Callable[[list[dict[str, Any]]], tuple[list[dict], list[dict], dict[str, int]]]
+
+
+def record_sink(ctx: StageContext, convert: Convert) -> ShardSink:
+    """Shard k's outputs -> `records/part-k.jsonl` (kept) and `dropped/part-k.jsonl`, written by the process that
+    generated it, straight into the stage's folder: the raw outputs are never on disk, and no host reads another's.
+    `convert(outputs)` gives (kept rows, dropped rows with reasons, counts). An empty side writes no part."""
+    def sink(k: int, outputs: list[dict[str, Any]]) -> dict[str, Any]:
+        kept, dropped, counts = convert(outputs)
+        written = {"counts": counts}
+        for side, folder, rows in (("dropped", DROPPED, dropped), ("records", RECORDS, kept)):
+            written[side] = write_part(ctx.dir / folder / part_name(k), rows) if rows else None
+        return written
+    return sink
+
+
+def adopt_shard_parts(ctx: StageContext, manifest: dict[str, Any]) -> dict[str, int]:
+    """The stage's record parts and summed counts from the job's manifest (every shard's sink result)."""
+    shards = manifest["shards"]
+    missing = [k for k in range(manifest["num_shards"]) if str(k) not in shards]
+    if missing:
+        raise ctx.error(f"generation finished without the sink results of shard(s) {missing[:5]}: "
+                        f"{ctx.dir / 'generate'} was written by an older sq-jax; delete the stage folder")
+    ordered = [shards[str(k)] for k in range(manifest["num_shards"])]
+    ctx.adopt_parts([s["records"] for s in ordered if s["records"]])
+    totals: dict[str, int] = {}
+    for s in ordered:
+        for key, value in s["counts"].items():
+            totals[key] = totals.get(key, 0) + value
+    return totals
 
 
 def _outputs(shards: list[Path]) -> Iterator[list[dict[str, Any]]]:
-    """One generation shard's outputs at a time (a shard is `shard_size` requests: bounded memory)."""
+    """One raw generation shard's outputs at a time (a shard is `shard_size` requests: bounded memory)."""
     for path in shards:
         yield list(iter_part(path))
 
@@ -103,18 +133,13 @@ def finished_questions(outputs: list[dict[str, Any]], stage: str, keep_truncated
 def synthesize(ctx: StageContext, cfg: SynthesisConfig) -> dict[str, Any]:
     """Questions from nothing: the pre-query template, prefilled once and sampled `count` times. Questions cut at
     `max_tokens` are dropped, counted (`dropped_length`) and kept in `dropped/` for inspection."""
-    shards, stats = generate(ctx, cfg, "pre_query", count=cfg.count)
-    stats.update(errors=0, dropped_length=0)
-    with ctx.record_writer() as kept, ctx.dropped_writer() as dropped:
-        for outputs in _outputs(shards):
-            rows, truncated, errors = finished_questions(outputs, ctx.name, keep_truncated=cfg.keep_truncated)
-            stats["errors"] += errors
-            stats["dropped_length"] += len(truncated)
-            kept.write_all(rows)
-            dropped.write_all({**r, "reason": "length"} for r in truncated)
-            kept.flush()  # one part per generation shard
-    stats["questions"] = kept.rows
-    return stats
+    def convert(outputs: list[dict[str, Any]]) -> tuple[list[dict], list[dict], dict[str, int]]:
+        rows, truncated, errors = finished_questions(outputs, ctx.name, keep_truncated=cfg.keep_truncated)
+        return rows, [{**r, "reason": "length"} for r in truncated], {
+            "questions": len(rows), "dropped_length": len(truncated), "errors": errors}
+
+    manifest, stats = generate(ctx, cfg, "pre_query", count=cfg.count, sink=record_sink(ctx, convert))
+    return {**stats, **adopt_shard_parts(ctx, manifest)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,20 +196,17 @@ def judge(ctx: StageContext, cfg: JudgeConfig) -> dict[str, Any]:
     Dropped questions go to `dropped/` with the reason and the reply's end."""
     if cfg.samples != 1:
         raise ctx.error(f"samples={cfg.samples}: the judge gives one verdict per question; use samples: 1")
-    shards, stats = generate(ctx, cfg, "judge", role="questions", judge_prompt=cfg.prompt)
-    counts = verdict_counts()
-    rows = _inputs(ctx, cfg)  # the outputs are in the questions' order, one each: read both side by side
-    with ctx.record_writer() as kept, ctx.dropped_writer() as dropped:
-        for outputs in _outputs(shards):
-            for output in outputs:
-                row = next(rows, None)
-                if row is None or row["id"] != output["prompt_id"]:
-                    raise ctx.error(f"judge output {output['prompt_id']!r} does not match input question "
-                                    f"{None if row is None else row['id']!r}: the questions changed under the job")
-                keep, row = verdict_of(row, output, counts, cfg.on_no_verdict)
-                (kept if keep else dropped).write(row)
-            kept.flush()
-    return {**stats, **counts}
+
+    def convert(outputs: list[dict[str, Any]]) -> tuple[list[dict], list[dict], dict[str, int]]:
+        counts, kept, dropped = verdict_counts(), [], []
+        for output in outputs:  # each output carries its whole question record under "input"
+            keep, row = verdict_of(output["input"], output, counts, cfg.on_no_verdict)
+            (kept if keep else dropped).append(row)
+        return kept, dropped, counts
+
+    manifest, stats = generate(ctx, cfg, "judge", role="questions", judge_prompt=cfg.prompt, carry="record",
+                               sink=record_sink(ctx, convert))
+    return {**stats, **adopt_shard_parts(ctx, manifest)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,24 +222,24 @@ def has_final_answer(text: str) -> bool:
 
 def respond(ctx: StageContext, cfg: ResponseConfig) -> dict[str, Any]:
     """n solutions per question with the solver prompt; each keeps its extracted final answer. A question's n
-    responses are consecutive rows (the reward stage relies on it to rank them in one pass)."""
-    shards, stats = generate(ctx, cfg, "solver", role="questions")
-    dropped = {"dropped_no_answer": 0, "dropped_error": 0}
-    with ctx.record_writer() as kept:
-        for outputs in _outputs(shards):
-            for o in outputs:
-                if o["finish_reason"] == "error":
-                    dropped["dropped_error"] += 1
-                    continue
-                if cfg.require_answer and not has_final_answer(o["output"]):
-                    dropped["dropped_no_answer"] += 1
-                    continue
-                kept.write({"id": o["id"], "question_id": o["prompt_id"], "query": o["question"],
-                            "response": o["output"].strip(), "answer": extract_answer(o["output"]),
-                            "finish": o["finish_reason"]})
-            kept.flush()
-    stats.update(dropped, responses=kept.rows)
-    return stats
+    responses are consecutive rows (the reward stage relies on it to rank them in one pass; a question's samples
+    may straddle two parts, never reorder)."""
+    def convert(outputs: list[dict[str, Any]]) -> tuple[list[dict], list[dict], dict[str, int]]:
+        kept, counts = [], {"responses": 0, "dropped_no_answer": 0, "dropped_error": 0}
+        for o in outputs:
+            if o["finish_reason"] == "error":
+                counts["dropped_error"] += 1
+            elif cfg.require_answer and not has_final_answer(o["output"]):
+                counts["dropped_no_answer"] += 1
+            else:
+                kept.append({"id": o["id"], "question_id": o["prompt_id"], "query": o["question"],
+                             "response": o["output"].strip(), "answer": extract_answer(o["output"]),
+                             "finish": o["finish_reason"]})
+        counts["responses"] = len(kept)
+        return kept, [], counts
+
+    manifest, stats = generate(ctx, cfg, "solver", role="questions", sink=record_sink(ctx, convert))
+    return {**stats, **adopt_shard_parts(ctx, manifest)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,7 +255,10 @@ def difficulty_labels(ctx: StageContext, cfg: LabelConfig) -> dict[str, Any]:
     rows = [r for r in _inputs(ctx, cfg, "seeds") if r.get("answer") not in (None, "")]  # seeds: a small set
     if not rows:
         raise ctx.error("no seed question has an `answer`; difficulty labels need gold answers")
-    shards, stats = generate(ctx, cfg, "solver", rows=rows)
+    manifest, stats = generate(ctx, cfg, "solver", rows=rows)
+    # Process 0 alone grades and writes (a small set); the others only took their share of the generation.
+    shards = [ctx.dir / "generate" / manifest["shards"][str(k)]["part"]["name"]
+              for k in range(manifest["num_shards"])] if ctx.writer else []
     gold = {r["id"]: str(r["answer"]) for r in rows}
     right: dict[str, int] = {r["id"]: 0 for r in rows}
     extracted = 0
@@ -252,8 +277,10 @@ def difficulty_labels(ctx: StageContext, cfg: LabelConfig) -> dict[str, Any]:
 
 
 KINDS = {
-    "synthesize": Kind(SynthesisConfig, synthesize, optional_inputs=("model",), collective=True),
-    "judge": Kind(JudgeConfig, judge, required_inputs=("questions",), optional_inputs=("model",), collective=True),
-    "respond": Kind(ResponseConfig, respond, required_inputs=("questions",), optional_inputs=("model",), collective=True),
+    "synthesize": Kind(SynthesisConfig, synthesize, optional_inputs=("model",), collective=True, parts_are_work=True),
+    "judge": Kind(JudgeConfig, judge, required_inputs=("questions",), optional_inputs=("model",), collective=True,
+                  parts_are_work=True),
+    "respond": Kind(ResponseConfig, respond, required_inputs=("questions",), optional_inputs=("model",),
+                    collective=True, parts_are_work=True),
     "difficulty_labels": Kind(LabelConfig, difficulty_labels, required_inputs=("seeds",), optional_inputs=("model",), collective=True),
 }
