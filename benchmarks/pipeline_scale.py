@@ -205,6 +205,9 @@ def reward(work: Path, sizes: list[int]) -> list[dict]:
         rows.append({"stage": f"reward, {n:,} responses", "rows": n, "seconds": out["seconds"],
                      "peak_rss": out["peak_rss_mib"] * 2**20,
                      "stats": {"questions": out["questions"], "truncated": out["truncated"]}})
+        from reward_scale import format_timeline  # this script's folder is on sys.path
+
+        print(f"RSS timeline, {n:,} responses:\n{format_timeline(out['timeline'])}\n", flush=True)
     return rows
 
 

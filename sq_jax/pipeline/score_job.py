@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from sq_jax.data.dataset import atomic_open, iter_part, read_json, write_json_atomic
 from sq_jax.parallel.distributed import sync
+from sq_jax.pipeline.memory import release_free_heap
 
 Encode = Callable[[list[dict[str, Any]]], list[np.ndarray]]  # rows -> token ids of each
 
@@ -77,12 +78,15 @@ def score_parts(parts: Sequence[Path], folder: Path, encode: Encode,
 
     log_path = folder / f"_process{index}.json"  # which parts this process scored, over all its runs
     scored_parts = read_json(log_path).get("scored", [])
+    release_free_heap()  # what loading the model left free, before the first part
     for k in todo:
         result = score_part(parts[k], encode, score, chunk=chunk, on_rows=progress)
         with atomic_open(scores_path(folder, k), "wb") as f:
             np.savez(f, **result)
         scored_parts.append(k)
         write_json_atomic(log_path, {"process": index, "processes": processes, "scored": scored_parts})
+        del result
+        release_free_heap()  # the part's text, token ids and packed rows are freed: give their heap back
     bar.close()
     seconds = time.perf_counter() - started
     if collective:

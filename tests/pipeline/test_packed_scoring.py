@@ -1,10 +1,12 @@
 """Packed scoring and the resumable score job: several sequences a row give each one the score it gets alone in a
 row; a scored part is never scored again; the reward stage ranks a question's consecutive responses and refuses
-responses that are not grouped by question."""
+responses that are not grouped by question; memory per part is bounded (tokenised in small batches, freed heap
+handed back after each part)."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +15,12 @@ import pytest
 from sq_jax.data.dataset import PartWriter
 from sq_jax.models.checkpoint import load_model
 from sq_jax.models.tiny import build_tiny
+from sq_jax.models.tokenizer import load_tokenizer
 from sq_jax.pipeline import score_job
+from sq_jax.pipeline.memory import release_free_heap
 from sq_jax.pipeline.scoring import PackedScorer, pack_plan
 from sq_jax.pipeline.stages import StageContext
-from sq_jax.pipeline.stages.scored import RewardConfig, reward
+from sq_jax.pipeline.stages.scored import TOKENIZE_BATCH, RewardConfig, encode_texts, reward
 
 MICRO = dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16)
 
@@ -92,3 +96,52 @@ def test_responses_not_grouped_by_question_are_refused(micro_scorer, tmp_path):
     _responses(tmp_path / "responses", [("qa", 2), ("qb", 1), ("qa", 1)], part_rows=10)
     with pytest.raises(ValueError, match="'qa': its responses are not consecutive"):
         _reward(tmp_path, path, "rewards")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_release_free_heap_gives_freed_blocks_back_to_the_os():
+    blocks = [b"x" * (4096 + i % 8) for i in range(50_000)]  # ~200 MiB of malloc'd, touched blocks (not pymalloc)
+    pin = b"y" * (4096 + len(blocks) % 8)  # above them: glibc's own trim (top of the heap only) cannot free them
+    before = _rss_bytes()
+    del blocks
+    freed = _rss_bytes()
+    assert release_free_heap()  # Linux CI: glibc
+    after = _rss_bytes()
+    assert freed - after > 100 * 2**20, (before, freed, after)  # glibc kept them; the trim returned them
+    assert pin
+
+
+def test_score_parts_hand_the_heap_back_after_every_part(tmp_path, monkeypatch):
+    _responses(tmp_path / "responses", [("qa", 3), ("qb", 4), ("qc", 1)], part_rows=3)
+    releases = []
+    monkeypatch.setattr(score_job, "release_free_heap", lambda: releases.append(len(scored)))
+    scored: list[int] = []
+
+    def score(ids):
+        scored.append(len(ids))
+        return np.zeros(len(ids), np.float32)
+
+    parts = sorted((tmp_path / "responses" / "records").glob("part-*.jsonl"))
+    score_job.score_parts(parts, tmp_path / "scores", lambda rows: [np.ones(2, np.int32) for _ in rows], score,
+                          collective=False)
+    assert releases == [0, 1, 2, 3]  # before the first part (what loading the model left) and after each part
+
+
+def test_reward_text_is_tokenised_in_small_batches_with_the_ids_of_one_call(micro_scorer):
+    path, _ = micro_scorer
+    tokenizer = load_tokenizer(path)
+    texts = [f"What is {i} plus {i * 7}? It is {i * 8}." * (1 + i % 3) for i in range(2 * TOKENIZE_BATCH + 17)]
+    calls = []
+
+    def counting(batch, **kwargs):
+        calls.append(len(batch))
+        return tokenizer(batch, **kwargs)
+
+    ids = encode_texts(counting, texts)
+    assert calls == [TOKENIZE_BATCH, TOKENIZE_BATCH, 17]
+    one_call = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert [t.tolist() for t in ids] == one_call and all(t.dtype == np.int32 for t in ids)
