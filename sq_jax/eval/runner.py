@@ -14,10 +14,12 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from sq_jax.data.sources import read_records, write_jsonl
+from sq_jax.data.dataset import atomic_open, iter_part, write_json_atomic, write_part
+from sq_jax.data.sources import read_records
 from sq_jax.eval.benchmarks import BenchmarkItem, benchmark_path, load_benchmark
 from sq_jax.eval.equivalence import normalize_answer
 from sq_jax.eval.grading import GradeRequest, grade_many
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BENCHMARKS = ("gsm8k", "math500", "college_math", "olympiadbench")
 # The paper's headline numbers (SCALEQUEST.md section 6), for the report's comparison column.
 PAPER = {"Qwen2-Math-7B + ScaleQuest": {"gsm8k": 89.7, "math": 73.4, "college_math": 50.0, "olympiadbench": 38.5}}
+OUTPUT_FIELDS = ("prompt_id", "sample", "output")  # what a generation shard row must carry
+KEPT_FIELDS = ("sample", "output", "prompt", "finish_reason")  # what grading and samples.jsonl read of it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +96,7 @@ def _generate(cfg: EvalConfig, rows: list[dict[str, str]], collective: bool) -> 
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:12]
     prompts = out / f"prompts-{digest}.jsonl"
     if not prompts.exists() and (is_lead() or not collective):
-        write_jsonl(prompts, rows)
+        write_part(prompts, rows)
     if collective:
         sync(f"eval-prompts:{prompts}")
     gen_dir = out / "generations" / digest  # other questions (a new --limit) never reuse these shards
@@ -105,17 +109,31 @@ def _generate(cfg: EvalConfig, rows: list[dict[str, str]], collective: bool) -> 
         engine=cfg.engine, backend=cfg.backend, shard_size=max(256, cfg.samples * 64),
     )
     manifest = run_generate(job, collective=collective)
-    outputs: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-    for shard in sorted(gen_dir.glob("shard-*.jsonl")):
-        for rec in read_records(shard, fields=("prompt_id", "output", "sample")):
-            outputs[rec.data["prompt_id"]].append(rec.data)
-    for samples in outputs.values():
-        samples.sort(key=lambda r: r["sample"])
+    outputs = read_outputs(sorted(gen_dir.glob("shard-*.jsonl")))
     missing = [r["id"] for r in rows if len(outputs.get(r["id"], [])) != cfg.samples]
     if missing:
         raise RuntimeError(f"generation left {len(missing)} prompts without {cfg.samples} outputs, e.g. {missing[0]}")
     log.info("generation: %s", manifest["stats"].get("last_run"))
     return outputs
+
+
+def read_outputs(shards: list[Path]) -> dict[str, list[dict[str, Any]]]:
+    """Outputs per prompt id, in sample order, from the generate job's shards (streamed a row at a time; each
+    row keeps only `KEPT_FIELDS`, not the prompt's other fields the job carries). A row without a required field,
+    or a (prompt, sample) met twice, is an error naming the shard and row: never a silent duplicate."""
+    found: dict[str, dict[int, dict[str, Any]]] = collections.defaultdict(dict)
+    for shard in shards:
+        for n, row in enumerate(iter_part(shard), start=1):
+            missing = [f for f in OUTPUT_FIELDS if row.get(f) is None]
+            if missing:
+                raise ValueError(f"{shard}: row {n} has no {', '.join(missing)} (a generation output needs "
+                                 f"{', '.join(OUTPUT_FIELDS)})")
+            samples = found[row["prompt_id"]]
+            if row["sample"] in samples:
+                raise ValueError(f"{shard}: row {n} repeats sample {row['sample']} of prompt {row['prompt_id']!r} "
+                                 "(two outputs for one sample: shards of two runs mixed in one folder?)")
+            samples[row["sample"]] = {k: row.get(k) for k in KEPT_FIELDS}
+    return {pid: [samples[j] for j in sorted(samples)] for pid, samples in found.items()}
 
 
 def _majority_correct(extracted: list[str | None], correct: list[bool], unit: str | None) -> bool:
@@ -135,8 +153,9 @@ def _majority_correct(extracted: list[str | None], correct: list[bool], unit: st
 
 
 def score(items: dict[str, list[BenchmarkItem]], outputs: dict[str, list[dict[str, Any]]],
-          cfg: EvalConfig) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
-    """Grade every sample; per-benchmark metrics (percent) and per-sample records."""
+          cfg: EvalConfig) -> tuple[dict[str, dict[str, float]], Iterator[dict[str, Any]]]:
+    """Grade every sample; per-benchmark metrics (percent) and the per-sample records, built one at a time as
+    they are read (written straight to samples.jsonl: no second copy of every output)."""
     requests, where = [], []
     for name, bench in items.items():
         for item in bench:
@@ -146,14 +165,8 @@ def score(items: dict[str, list[BenchmarkItem]], outputs: dict[str, list[dict[st
     started = time.perf_counter()
     results = grade_many(requests, workers=cfg.grade_workers, timeout_s=cfg.grade_timeout_s)
     grading_s = time.perf_counter() - started
-    records, per_question = [], collections.defaultdict(list)
-    for (name, item, sample), result in zip(where, results):
-        records.append({
-            "benchmark": name, "id": item.id, "sample": sample["sample"], "prompt": sample.get("prompt"),
-            "output": sample["output"], "finish_reason": sample.get("finish_reason"), "extracted": result.extracted,
-            "gold": item.gold, "multiple": item.multiple, "unit": item.unit,
-            "correct": result.correct, "timed_out": result.timed_out, "error": result.error,
-        })
+    per_question = collections.defaultdict(list)
+    for (name, item, _), result in zip(where, results, strict=True):
         per_question[(name, item.id)].append((result, item.unit))
     metrics: dict[str, dict[str, float]] = {}
     for name, bench in items.items():
@@ -174,7 +187,18 @@ def score(items: dict[str, list[BenchmarkItem]], outputs: dict[str, list[dict[st
     for key in [k for k in per_bench[0] if k == "accuracy" or "@" in k]:
         overall[key] = sum(m[key] for m in per_bench) / len(per_bench)  # unweighted over benchmarks, as the paper
     metrics["overall"] = overall
-    return metrics, records
+    return metrics, _sample_records(where, results)
+
+
+def _sample_records(where: list[tuple[str, BenchmarkItem, dict[str, Any]]], results: list[Any],
+                    ) -> Iterator[dict[str, Any]]:
+    for (name, item, sample), result in zip(where, results, strict=True):
+        yield {
+            "benchmark": name, "id": item.id, "sample": sample["sample"], "prompt": sample.get("prompt"),
+            "output": sample["output"], "finish_reason": sample.get("finish_reason"), "extracted": result.extracted,
+            "gold": item.gold, "multiple": item.multiple, "unit": item.unit,
+            "correct": result.correct, "timed_out": result.timed_out, "error": result.error,
+        }
 
 
 def markdown_report(cfg: EvalConfig, metrics: dict[str, dict[str, float]]) -> str:
@@ -200,8 +224,10 @@ def markdown_report(cfg: EvalConfig, metrics: dict[str, dict[str, float]]) -> st
 
 
 def run_eval(cfg: EvalConfig, *, collective: bool = True) -> dict[str, Any]:
-    """Generate, grade and write `report.json`, `report.md` and `samples.jsonl` under `output_dir`.
+    """Generate, grade and write `samples.jsonl`, `report.md` and `report.json` under `output_dir`.
 
+    Each file is written atomically (the dataset layer's writer), report.json last: a run killed while writing
+    leaves each file whole, old or new, and a new report.json means the samples and table beside it are new too.
     `collective`: every process of a multi-host job runs this call (each generates its share; process 0 grades
     and writes); False when one process runs it alone."""
     out = Path(cfg.output_dir)
@@ -211,9 +237,10 @@ def run_eval(cfg: EvalConfig, *, collective: bool = True) -> dict[str, Any]:
     report = {"model": cfg.model, "config": dataclasses.asdict(cfg), "metrics": metrics, "paper": PAPER}
     if collective and not is_lead():
         return report
-    write_jsonl(out / "samples.jsonl", records)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(markdown_report(cfg, metrics))
+    write_part(out / "samples.jsonl", records)
+    with atomic_open(out / "report.md") as f:
+        f.write(markdown_report(cfg, metrics))
+    write_json_atomic(out / "report.json", report)
     return report
 
 
@@ -258,7 +285,7 @@ def regrade(samples_path: str | Path, diff_path: str | Path | None = None, *, da
                             "old_correct": bool(d["correct"]), "new_correct": new.correct, "error": new.error,
                             "line": rec.line})
     diff_path = Path(diff_path) if diff_path else samples_path.with_name("regrade-diff.jsonl")
-    write_jsonl(diff_path, changed)
+    write_part(diff_path, changed)
     keys = ("samples", "old_correct", "new_correct", "now_correct", "now_wrong")
     total = sum(counts.values(), collections.Counter())
     summary: dict[str, Any] = {name: {k: c[k] for k in keys} for name, c in [*counts.items(), ("overall", total)]}

@@ -1,15 +1,21 @@
-"""`sq-jax eval` end to end on the tiny model (JetStream driver, real benchmark slices), and the metric
-aggregation (accuracy, pass@k, maj@k) on hand-made outputs."""
+"""`sq-jax eval` end to end on the tiny model (JetStream driver, real benchmark slices), the metric
+aggregation (accuracy, pass@k, maj@k) on hand-made outputs, and its files: generation shards read strictly, every
+output written atomically (a kill mid-write leaves the previous report whole)."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
 from sq_jax.cli import main
 from sq_jax.eval.benchmarks import BenchmarkItem, load_benchmark
-from sq_jax.eval.runner import EvalConfig, markdown_report, score
+from sq_jax.eval import runner
+from sq_jax.eval.runner import EvalConfig, markdown_report, read_outputs, score
 from sq_jax.models.tiny import build_tiny
 
 
@@ -66,7 +72,8 @@ def test_accuracy_pass_at_k_and_majority_vote():
         "toy/t2": outputs_of(["no idea", "\\boxed{8}", "\\boxed{9}"]),  # none right
     }
     cfg = EvalConfig(model="m", output_dir="o", benchmarks=["toy"], samples=3, temperature=0.7, grade_workers=1)
-    metrics, records = score(items, outputs, cfg)
+    metrics, stream = score(items, outputs, cfg)
+    records = list(stream)
     toy = metrics["toy"]
     assert toy["accuracy"] == pytest.approx(100 * 3 / 9)
     assert toy["pass@3"] == pytest.approx(100 * 2 / 3)
@@ -125,3 +132,56 @@ def test_regrade_takes_multiple_and_unit_of_old_records_from_the_benchmark(tmp_p
     samples.write_text(json.dumps(old) + "\n")
     assert main(["eval", "--regrade", str(samples), "--data-dir", str(shared_data), "--grade-workers", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["overall"]["now_correct"] == 1
+
+
+def test_generation_shards_are_read_in_sample_order_and_a_repeat_or_a_gap_is_refused(tmp_path):
+    def shard(name: str, rows: list[dict]) -> object:
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return tmp_path / name
+
+    row = {"prompt_id": "b/1", "sample": 1, "output": "x", "prompt": "p", "finish_reason": "stop", "question": "q"}
+    first = shard("shard-00000.jsonl", [row, {**row, "sample": 0, "output": "y"}])
+    assert read_outputs([first]) == {"b/1": [{"sample": 0, "output": "y", "prompt": "p", "finish_reason": "stop"},
+                                             {"sample": 1, "output": "x", "prompt": "p", "finish_reason": "stop"}]}
+    again = shard("shard-00001.jsonl", [{**row, "prompt_id": "b/2"}, row])
+    with pytest.raises(ValueError, match=r"shard-00001.jsonl: row 2 repeats sample 1 of prompt 'b/1'"):
+        read_outputs([first, again])
+    gap = shard("shard-00002.jsonl", [{**row, "output": None}])
+    with pytest.raises(ValueError, match=r"shard-00002.jsonl: row 1 has no output"):
+        read_outputs([gap])
+
+
+_EVAL_WITH_FIXED_ANSWERS = textwrap.dedent("""
+    import json, resource, signal, sys
+    from sq_jax.eval import runner
+    cfg_json, answer, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    runner._generate = lambda cfg, rows, collective: {
+        r["id"]: [{"sample": 0, "output": answer, "prompt": "p", "finish_reason": "stop"}] for r in rows}
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it; the default ends the process at once
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # so a write past `limit` bytes kills us
+    runner.run_eval(runner.EvalConfig(**json.loads(cfg_json)), collective=False)
+""")
+
+
+def test_a_kill_while_the_report_is_written_leaves_the_previous_report_whole(tmp_path, monkeypatch):
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"question": f"What is {a} plus 2?", "answer": str(a + 2)}) + "\n"
+                             for a in (3, 4)))
+    settings = {"model": "m", "output_dir": str(tmp_path / "eval"), "benchmarks": [f"jsonl:{bench}"],
+                "grade_workers": 1}
+    monkeypatch.setattr(runner, "_generate", lambda cfg, rows, collective: {
+        r["id"]: [{"sample": 0, "output": "\\boxed{5}", "prompt": "p", "finish_reason": "stop"}] for r in rows})
+    runner.run_eval(EvalConfig(**settings), collective=False)
+    out = tmp_path / "eval"
+    before = {name: (out / name).read_bytes() for name in ("report.json", "report.md", "samples.jsonl")}
+    assert json.loads(before["report.json"])["metrics"]["overall"]["accuracy"] == 50.0
+
+    # Rerun answering 6 (the other question right) in a process whose files may not outgrow the samples and the
+    # table: it is killed (SIGXFSZ) in the middle of writing report.json.
+    limit = max(len(before["samples.jsonl"]), len(before["report.md"])) + 64
+    assert len(before["report.json"]) > limit + 64
+    done = subprocess.run([sys.executable, "-c", _EVAL_WITH_FIXED_ANSWERS, json.dumps(settings), "\\boxed{6}",
+                           str(limit)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGXFSZ, done.stderr[-2000:]
+    assert (out / "report.json").read_bytes() == before["report.json"]  # whole, and the previous run's
+    assert b"boxed{6}" in (out / "samples.jsonl").read_bytes()  # written (whole) before the kill
