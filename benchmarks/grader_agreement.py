@@ -9,8 +9,14 @@ perturbed-gold check.
    the peer wrong on (`PEER_WRONG`), and false positives on the peers' negative cases.
 2. Throughput (pairs/s, 2 workers, worker start-up excluded) on the same peer pairs and on realistic perturbed-gold
    replies. math-verify runs `verify(parse(gold), parse(reply))` (its default config) in a 2-process pool.
-3. Every gold of GSM8K, MATH-500, College Math and OlympiadBench with one digit changed (and plain-number golds
-   moved below 1e-6): how many each grader calls equal.
+3. Every gold of GSM8K, MATH-500, College Math and OlympiadBench with one digit of its answer changed (and
+   plain-number golds moved below 1e-6): how many each grader calls equal. The answer's digits are
+   `grader_cases.value_digits`: in a worked College Math gold (a solution in sentences) those of the sentences that
+   state something ("... is $X$", "subset: $X$"), not of those that only work ("$A \\times B = C$.", a row
+   reduction), and not the left side of an evaluated limit or function value. Before that rule, 19 of the 27
+   College Math golds graded equal had their changed digit in such working (16) or such a left side, where the
+   change keeps the value (3: \\sin(11\\pi/3) = \\sin(10\\pi/3)); the other 8 had it in the answer, and those are
+   fixed cases of `tests/eval/test_perturbed_golds.py`.
 """
 
 from __future__ import annotations

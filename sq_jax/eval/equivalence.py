@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from sq_jax.eval.extract import prose_value
+from sq_jax.eval.extract import prose_value, stated_parts
 from sq_jax.eval.normalize import (
     answer_key,
     elements,
@@ -255,6 +255,22 @@ def _relation_value(parts: list[str]) -> str | None:
     return last if len(parts) > 2 else None
 
 
+def _parts_differ(pred: str, gold: str, unit: str | None, symbolic: bool, timeout_s: float | None) -> bool | None:
+    """Two worked, prose answers of the same shape (the same number of stated parts, two or more) must agree on
+    every part, not only on the value after their last "is" (`stated_parts`): "the first system's solution is
+    (2,0,1), the second's (1,1,2)" is not "(1,0,1) ... (1,1,2)". None: a part needs sympy."""
+    p_parts, g_parts = stated_parts(pred), stated_parts(gold)
+    if not p_parts or not g_parts or len(p_parts) != len(g_parts) or len(g_parts) < 2:
+        return False
+    verdicts = [
+        _match_single(normalize_answer(p, unit), normalize_answer(g, unit), symbolic, timeout_s)
+        for p, g in zip(p_parts, g_parts)
+    ]
+    if False in verdicts:
+        return True
+    return None if None in verdicts else False
+
+
 def _golds(gold: str | Sequence[str]) -> list[str]:
     golds = [gold] if isinstance(gold, str) else list(gold)
     if not golds or not all(isinstance(g, str) for g in golds):
@@ -280,7 +296,11 @@ def _match(
         # A multiple-answer gold is the union of its items, each of which may itself be a list.
         return _match_lists(elements(pred), [e for g in normed for e in elements(g)], symbolic, timeout_s)
     undecided = False
-    for g in normed:  # a non-multiple list gold holds alternative spellings of one answer
+    for raw, g in zip(golds, normed):  # a non-multiple list gold holds alternative spellings of one answer
+        differ = _parts_differ(prediction, raw, unit, symbolic, timeout_s)
+        if differ is not False:
+            undecided = undecided or differ is None
+            continue
         if answer_key(pred) == answer_key(g):
             return True
         p_el, g_el = _plus_minus(elements(pred)), _plus_minus(elements(g))

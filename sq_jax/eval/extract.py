@@ -18,6 +18,7 @@ __all__ = [
     "is_prose",
     "prose_value",
     "last_number",
+    "stated_parts",
     "matching_brace",
     "strip_math_delimiters",
 ]
@@ -228,6 +229,41 @@ def _math_spans(text: str) -> list[tuple[int, int, str]]:
         else:
             i += 1
     return spans
+
+
+# A sentence of a worked answer that states something: "the area is $9$", "subset: $\\{u_1, u_3\\}$".
+_STATES = re.compile(r"\b(?:is|are|equals)\b|:")
+_SPAN_MARK = re.compile("\x00(\\d+)\x00")
+# Sentences end at a period or semicolon outside math (a period inside `$..$` is masked before this runs).
+_CLAUSE_END = re.compile(r"[.;](?=\s|$)")
+
+
+def stated_parts(text: str) -> list[str] | None:
+    """Every math span and number of the sentences of a worked, prose answer that state something, in order.
+
+    "The solution of the first system is $(1,0,1)$, and of the second $(1,1,2)$" gives both tuples, and
+    "$s(t)=..$, $v(t)=..$, maximum speed is $2/\\pi$" all three spans; a sentence that states nothing ("$A \\times
+    B = C$.") is working and left out. `prose_value` keeps only the value after the last "is", which is right
+    for a one-statement sentence but drops the other parts of a multi-part answer. None for a non-prose text, and
+    for one without math delimiters, whose formulas cannot be told from its words.
+    """
+    spans = _math_spans(text)
+    if not spans:
+        return None
+    pieces, pos = [], 0
+    for i, (start, end, _) in enumerate(spans):
+        pieces += [text[pos:start], f"\x00{i}\x00"]
+        pos = end
+    masked = "".join(pieces) + text[pos:]
+    if not is_prose(_SPAN_MARK.sub(" ", masked)):
+        return None
+    parts: list[str] = []
+    for sentence in _CLAUSE_END.split(masked):
+        if not _STATES.search(_SPAN_MARK.sub(" ", sentence)):
+            continue
+        for m in re.finditer(f"{_SPAN_MARK.pattern}|{_NUMBER.pattern}", sentence):
+            parts.append(spans[int(m.group(1))][2] if m.group(1) is not None else m.group(0))
+    return parts or None
 
 
 def _last_candidate(text: str) -> str | None:

@@ -28,6 +28,8 @@ __all__ = [
 MAX_SYMBOLIC_CHARS = 600
 MAX_SYMBOLIC_DEPTH = 30
 
+_SAME_VALUE_RELATIVE = 1e-45
+
 logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns on every parse timeout it handles
 
 
@@ -60,7 +62,7 @@ def to_sympy(latex: str, timeout: int | None) -> Any:
 
 
 def compare_constants(gold: Any, pred: Any, gold_key: str, pred_key: str, timeout: int | None) -> bool | None:
-    """Two numbers: equal values (to 1e-30, relative), or one a 4+ digit decimal rounding of the other; None if
+    """Two numbers: equal values (to 1e-45, relative), or one a 4+ digit decimal rounding of the other; None if
     not two numbers.
 
     math-verify's `verify` rounds to 6 decimal places, so 1/10^9 "equals" 2/10^9 and 11.6e-24 equals 4.6e-24.
@@ -86,7 +88,9 @@ def compare_constants(gold: Any, pred: Any, gold_key: str, pred_key: str, timeou
         return None
     if not all(math.isfinite(x) for v in (g_c, p_c) for x in (v.real, v.imag)):
         return None
-    if diff_abs <= 1e-30 * max(abs(g_c), abs(p_c)):
+    # evalf gets the difference itself to 50 significant digits (an exact zero comes out below 1e-150), so only
+    # floating noise is this small; 1e-30 passed 1-5052/2^{100} for 1-5051/2^{100} (apart by 8e-31).
+    if diff_abs <= _SAME_VALUE_RELATIVE * max(abs(g_c), abs(p_c)):
         return True
     if g_c.imag == 0 and p_c.imag == 0:
         return rounds_to(pred_key, Fraction(str(g))) or rounds_to(gold_key, Fraction(str(p)))

@@ -99,16 +99,44 @@ def load_cases(path: Path = FIXTURE) -> list[PeerCase]:
 # --- Perturbed golds: one digit changed must never grade equal ---------------------------------------------------
 
 # Digits that are not the answer's value: a unit and its exponent (cm^2, \mathrm{~km}^{2}), a base raised to the
-# power 0 (10^{0} is 11^{0}), and the working between the first and the last side of a chain (i^{5}=i^{4} i=i,
-# k = \ln(1/2)/5.27 \approx -0.1315).
+# power 0 (10^{0} is 11^{0}), the working between the first and the last side of a chain (i^{5}=i^{4} i=i,
+# k = \ln(1/2)/5.27 \approx -0.1315), and the left side of an evaluated limit or function value, whose changed
+# digit can keep the value it names (\sin(11\pi/3) = \sin(10\pi/3); \lim n^2/(2n^2+2) = \lim n^2/(2n^2+1) = 1/2).
 _NOT_VALUE = re.compile(
     r"\\(?:text|mathrm|mbox)\s*\{[^{}]*\}(?:\s*\^\s*\{?\d\}?)?|\d+(?=\s*\^\s*\{?0\}?(?!\d))"
+    r"|\\(?:lim|sin|cos|tan|sec|csc|cot|log|ln)(?![a-zA-Z])[^=$,;]*(?==)"
 )
+# A worked College Math gold ("[A] x [B] = [C]. So the area is 9.") states its answer in sentences with a verb
+# ("is", "are", "equals") or a colon; a sentence without one is working (a cross product, a row reduction, a
+# restated formula), where a changed digit leaves the stated answer as it was.
+_MATH = re.compile(r"\$\$.*?\$\$|\$.*?\$", re.DOTALL)
+_SENTENCE = re.compile(r"[^.;]+(?:[.;](?=\s|$)|$)")
+_STATING = re.compile(r"\b(?:is|are|equals)\b|:")
+_TWO_WORDS = re.compile(r"\b[A-Za-z]{2,}\s+[A-Za-z]{3,}\b|\b[A-Za-z]{3,}\s+[A-Za-z]{2,}\b")
 _ELEMENT = re.compile(r"[^,;$]+")
 
 
+def _masked(gold: str) -> str:
+    return _MATH.sub(lambda m: "#" * len(m.group(0)), gold)  # periods inside math do not end a sentence
+
+
+def worked(gold: str) -> bool:
+    """A gold written as a solution in sentences ("The area is $8 \\sqrt{3}$."), not a bare answer."""
+    return bool(_TWO_WORDS.search(_masked(gold)))
+
+
+def _unstated(gold: str) -> set[int]:
+    """Positions of the sentences of a worked (prose) gold that state nothing."""
+    if not worked(gold):
+        return set()
+    sentences = list(_SENTENCE.finditer(_masked(gold)))
+    if not any(_STATING.search(m.group(0)) for m in sentences):
+        return set()  # "concave up on $(a, b)$ and $(c, d)$": no statement, so all of it is the answer
+    return {i for m in sentences if not _STATING.search(m.group(0)) for i in range(*m.span())}
+
+
 def _working(gold: str) -> set[int]:
-    hidden: set[int] = set()
+    hidden: set[int] = _unstated(gold)
     for element in _ELEMENT.finditer(gold):
         eqs = [element.start() + m.start() for m in re.finditer(r"(?<![<>!\\])=|\\approx", element.group(0))]
         if len(eqs) >= 2:

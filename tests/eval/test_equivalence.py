@@ -159,6 +159,22 @@ CASES = [
     ("(11,7), (7,11)", "(11,7)or(7,11)", True),
     ("1,3", "(1,3)", True),
     ("3,1", "(1,3)", False),
+    # worked, prose answers: every part each sentence states, not only the value after the last "is"
+    ("The first system's solution is $(2,0,1)$, and the second's is $(1,1,2)$.",
+     "The first system's solution is $(1,0,1)$, and the second's is $(1,1,2)$.", False),
+    ("The first system's solution is $(1,0,1)$, and the second's is $(1,1,2)$.",
+     "The first system's solution is $(1,0,1)$, and the second's is $(1,1,2)$.", True),
+    ("If $k \\leq 3 / \\pi$ the ratio is $(2-k \\pi) / 4$; if $k \\geq 2 / \\pi$, the ratio is zero.",
+     "If $k \\leq 2 / \\pi$ the ratio is $(2-k \\pi) / 4$; if $k \\geq 2 / \\pi$, the ratio is zero.", False),
+    ("$v(t)=2 / \\pi$, $s(t)=t$, maximum speed is $2 / \\pi$", "$v(t)=1 / \\pi$, $s(t)=t$, maximum speed is $2 / \\pi$",
+     False),
+    # a sentence that states nothing is working: the stated answer decides
+    ("$[1,1,4] \\times [0,1,0]=[8,-23,5]$. The area is $8 \\sqrt{3}$.",
+     "$[1,1,3] \\times [0,1,0]=[8,-23,5]$. The area is $8 \\sqrt{3}$.", True),
+    ("So the area is $8 \\sqrt{3}$", "$[1,1,3] \\times [0,1,0]=[8,-23,5]$. The area is $8 \\sqrt{3}$.", True),
+    # exact values far below a float's resolution
+    ("1-5052 / 2^{100}", "1-5051 / 2^{100}", False),
+    ("1-5051 / 2^{100}", "1-\\frac{5051}{2^{100}}", True),
 ]
 
 

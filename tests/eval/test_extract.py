@@ -2,7 +2,14 @@
 
 import pytest
 
-from sq_jax.eval.extract import extract_all_boxed, extract_answer, gsm8k_gold, last_number, strip_math_delimiters
+from sq_jax.eval.extract import (
+    extract_all_boxed,
+    extract_answer,
+    gsm8k_gold,
+    last_number,
+    stated_parts,
+    strip_math_delimiters,
+)
 
 
 @pytest.mark.parametrize(
@@ -104,3 +111,21 @@ def test_gsm8k_gold() -> None:
 )
 def test_extract_answer_multi_part_and_unboxed(text: str, expected: str) -> None:
     assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        # Every stating sentence's math and numbers; a sentence that states nothing is working.
+        ("$A \\times B=[1.5, 2]$. So the area is 9.", ["9"]),
+        ("The rank is 3 , so both have one solution. The first is $(1,0,1)$, and the second is $(1,1,2)$.",
+         ["3", "(1,0,1)", "(1,1,2)"]),
+        ("$s(t)=t$, $v(t)=1$, maximum speed is $2 / \\pi$", ["s(t)=t", "v(t)=1", "2 / \\pi"]),
+        ("Linearly independent subset: $\\{u_1, u_3\\}$. Since the rank is 2 , this is the smallest possible.",
+         ["\\{u_1, u_3\\}", "2"]),
+        ("$(1,0,1), (1,1,2)$", None),  # not prose
+        ("concave up on $(0, 1)$ and $(2, 3)$", None),  # prose that states nothing
+    ],
+)
+def test_stated_parts(text: str, expected: list[str] | None) -> None:
+    assert stated_parts(text) == expected
