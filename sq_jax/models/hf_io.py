@@ -157,18 +157,37 @@ def tensor_rules(cfg: ModelConfig) -> list[TensorRule]:
 # ----------------------------------------------------------------------------------------------- reading
 
 
+def missing_model(text: str, why: str = "") -> FileNotFoundError:
+    """The error for a model path with nothing there: where it looked, and how to build, convert or fetch one."""
+    return FileNotFoundError(
+        f"{text}: no such model directory ({Path(text).expanduser().absolute()}){why}. Build the tiny model there "
+        f"with `sq-jax init-tiny {text}`, convert a checkpoint with `sq-jax convert SRC {text} --to hf`, or name a "
+        "Hugging Face Hub model (org/name) on a machine that reaches the hub")
+
+
 def resolve_model_dir(path_or_hub_id: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local directory as is; anything else is a hub id fetched (config, safetensors, tokenizer) to the cache."""
+    """A local directory as is; anything else is a hub id fetched (config, safetensors, tokenizer) to the cache.
+
+    "runs/tiny" reads as a local path and as a hub id alike: when neither a folder nor the hub has it (or the hub
+    cannot be reached), the error says it is not a local folder either, instead of the hub client's connection
+    error."""
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
         return path
     text = str(path_or_hub_id)
     if looks_local(text):
-        raise FileNotFoundError(f"{text}: no such model directory (and not a hub id of the form 'org/name')")
+        raise missing_model(text, " and not a hub id of the form 'org/name'")
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     patterns = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.py"]
-    return Path(snapshot_download(text, revision=revision, allow_patterns=patterns))
+    try:
+        return Path(snapshot_download(text, revision=revision, allow_patterns=patterns))
+    except GatedRepoError:
+        raise  # it exists; its message says how to get access
+    except (LocalEntryNotFoundError, RepositoryNotFoundError) as e:
+        raise missing_model(text, f", nor a model the Hugging Face Hub gave ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else 'not found'})") from e
 
 
 class SafetensorsReader:

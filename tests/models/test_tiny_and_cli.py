@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -75,6 +76,19 @@ def test_sample_command_prints_questions(tiny):
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 2 and all(r["prompt"].endswith("<|im_start|>user\n") for r in rows)
     assert rows[0]["output"] != rows[1]["output"]  # sampled with temperature 1
+
+
+def test_a_missing_model_path_says_so_and_how_to_build_it(tmp_path, capsys, monkeypatch):
+    """`sq-jax qft configs/qft/tiny.yaml` before `init-tiny`: "runs/tiny" is no folder, and the hub (offline in the
+    tests; unreachable or without it elsewhere) has no such model either: say that, not the hub's error."""
+    config = Path(__file__).resolve().parents[2] / "configs/qft/tiny.yaml"
+    monkeypatch.chdir(tmp_path)
+    assert main(["qft", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"runs/tiny: no such model directory ({tmp_path / 'runs/tiny'})" in err, err
+    assert "sq-jax init-tiny runs/tiny" in err and "LocalEntryNotFoundError" in err
+    assert main(["sample", "--model", "./missing/model"]) == 2
+    assert "sq-jax init-tiny ./missing/model" in capsys.readouterr().err
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
