@@ -96,6 +96,9 @@ def _pipeline(args: argparse.Namespace) -> None:
     from sq_jax.pipeline.runner import report_markdown, run_pipeline, stage_status
 
     cfg = load_pipeline(args.config, args.overrides)
+    if args.action == "report":
+        _pipeline_report(cfg)
+        return
     if args.action == "status":
         for row in stage_status(cfg):
             counts = ", ".join(f"{k}={v}" for k, v in row["counts"].items())
@@ -104,6 +107,18 @@ def _pipeline(args: argparse.Namespace) -> None:
     report = run_pipeline(cfg, only=args.only, start=args.start, until=args.until)
     if report:  # process 0's; the other processes of a multi-host run return none
         print(report_markdown(report))
+
+
+def _pipeline_report(cfg) -> None:
+    from sq_jax.pipeline.report_html import REPORT_HTML, write_html_report
+    from sq_jax.pipeline.runner import write_report
+
+    # report.json, report.md and report.html from the stage folders as they are, then every plot (the funnel and
+    # wall time too, which a run draws once every stage is done); the stage summaries come from the cache.
+    path = write_html_report(cfg, write_report(cfg), every_plot=True)
+    if path is None:
+        raise ValueError(f"{Path(cfg.output_dir) / REPORT_HTML} could not be written (the warning above says why)")
+    print(path)
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -174,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="v5e-1", help="v5e-1, v6e-1, v5e-8, v4-8, v5p-16, ... (default v5e-1)")
     p.set_defaults(func=_plan)
 
-    p = sub.add_parser("pipeline", help="the whole ScaleQuest method as resumable stages (run | status)")
-    p.add_argument("action", choices=("run", "status"))
+    p = sub.add_parser("pipeline", help="the whole ScaleQuest method as resumable stages (run | status | report: "
+                                        "report.html from the stage folders)")
+    p.add_argument("action", choices=("run", "status", "report"))
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. stages.questions.config.count=100")
     p.add_argument("--only", default=None, help="run just this stage (its inputs must be done)")

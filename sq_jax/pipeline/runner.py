@@ -23,6 +23,7 @@ from sq_jax.data.fingerprint import content_hash, external_fingerprints, verify_
 from sq_jax.parallel.distributed import failed_processes, is_lead, sync
 from sq_jax.pipeline.config import PipelineConfig, stage_config
 from sq_jax.pipeline.plan import refuse_unfit_stages
+from sq_jax.pipeline.report_html import write_html_report
 from sq_jax.pipeline.stages import DROPPED, KINDS, RECORDS, STAGE_MANIFEST, StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,7 @@ def write_report(cfg: PipelineConfig) -> dict[str, Any]:
     report = {"output_dir": str(out), "seed": cfg.seed, "stages": stages}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "report.md").write_text(report_markdown(report))
+    write_html_report(cfg, report)  # report.html; never raises (a failed plot or section is logged and left out)
     return report
 
 

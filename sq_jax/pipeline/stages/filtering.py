@@ -15,6 +15,7 @@ from sq_jax.pipeline.filters import (
     decontaminate_stream,
     dedup_stream,
     language_problem,
+    normalize,
 )
 from sq_jax.pipeline.stages import Kind, StageContext
 
@@ -73,11 +74,36 @@ class DecontaminationConfig:
     n: int = 13
 
 
+def matched_words(index: Decontaminator, question: str) -> str:
+    """The words of `question` (normalised) that overlap a test question: its first n-gram found in one, else its
+    longest shorter run that is (a short test question inside it), else the whole question (contained in a test
+    question). Only for questions `index.match` flagged, so the extra lookups cost nothing at scale.
+
+    `match` of an n-word window also flags a window that merely holds a short test question; a window that is
+    itself inside a test question has both its (n-1)-word ends inside one too, which `match` checks by containment."""
+    words = normalize(question).split()
+    n, shortest = index.n, index.min_words
+
+    def hit(i: int, length: int) -> bool:
+        return index.match(" ".join(words[i : i + length])) is not None
+
+    if len(words) >= n:
+        for i in range(len(words) - n + 1):
+            if hit(i, n) and (n - 1 < shortest or (hit(i, n - 1) and hit(i + 1, n - 1))):
+                return " ".join(words[i : i + n])
+        for length in range(n - 1, shortest - 1, -1):
+            for i in range(len(words) - length + 1):
+                if hit(i, length):
+                    return " ".join(words[i : i + length])
+    return " ".join(words)
+
+
 def contamination(ctx: StageContext, cfg: DecontaminationConfig) -> dict[str, Any]:
     index = Decontaminator.from_benchmarks(cfg.benchmarks, data_dir=cfg.data_dir, n=cfg.n, paths=cfg.paths,
                                            prefix=f"stages.{ctx.name}.config.")
-    stats = _split(ctx, decontaminate_stream(ctx.iter_records("questions"), "question", index),
-                   "contaminated_with", lambda name: f"dropped_{name}")
+    verdicts = ((row if name is None else {**row, "contaminated_ngram": matched_words(index, row["question"])}, name)
+                for row, name in decontaminate_stream(ctx.iter_records("questions"), "question", index))
+    stats = _split(ctx, verdicts, "contaminated_with", lambda name: f"dropped_{name}")
     per = {k: stats.pop(k) for k in list(stats) if k not in ("input", "kept", "dropped")}
     return {"dropped_contaminated": stats["dropped"], **per, **stats}
 
