@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -108,3 +109,39 @@ def test_tiny_pipeline_runs_every_stage_and_leaves_its_artifacts(notebook_run, s
     assert main(["pipeline", "status", str(CONFIG), *overrides]) == 0
     states = [line.split()[2] for line in capsys.readouterr().out.strip().splitlines()]
     assert states == ["done"] * len(stages)
+
+
+def test_report_html_shows_every_stage_plot_and_filter(notebook_run, shared_data, capsys):
+    """report.html (written by the run, rewritten by `sq-jax pipeline report`): every stage in the time table,
+    every plot embedded as PNG, kept and dropped examples of every filter; the notebook shows it inline."""
+    out, nb = notebook_run
+    overrides = [f"output_dir={out.absolute()}", f"stages.decontaminate.config.data_dir={shared_data}",
+                 f"stages.eval.config.data_dir={shared_data}"]
+    before = (out / "report.html").read_text()
+    capsys.readouterr()
+    assert main(["pipeline", "report", str(CONFIG), *overrides]) == 0
+    assert capsys.readouterr().out.strip() == str(out.absolute() / "report.html")
+    html = (out / "report.html").read_text()
+    stages = {s["stage"]: s for s in json.loads((out / "report.json").read_text())["stages"]}
+    for name, s in stages.items():
+        assert f"<tr><td>{name}</td><td>{s['kind']}</td><td>done</td>" in html, name
+    plots = set(re.findall(r'<figure id="plot-([\w-]+)"><img class="plot" alt="[^"]*"\s+src="data:image/png;base64,'
+                           r"[A-Za-z0-9+/=]{500,}", html))
+    assert plots == set(re.findall(r'<figure id="plot-([\w-]+)"><img', before))  # the run wrote it too
+    trains = {f"train-{n}" for n, s in stages.items() if s["kind"] == "train"}
+    assert plots == {"funnel", "question-lengths", "response-lengths", "difficulty", "rewards", "majority-share",
+                     "wall-time"} | trains, plots
+    assert "could not be drawn" not in html and "<p class=\"note\">stage" not in html
+    sections = dict(re.findall(r'<section class="filter" id="filter-([\w-]+)">(.*?)</section>', html, re.S))
+    filters = ["qpo_questions", "questions", "language", "dedup", "decontaminate", "solvable", "difficulty"]
+    assert list(sections) == filters
+    for name in filters:
+        dropped = sum(v for k, v in stages[name]["stats"].items() if k.startswith("dropped_") and isinstance(v, int))
+        kept, shown = (sections[name].count(f'class="example {side}"') for side in ("kept", "dropped"))
+        assert kept == 3, name
+        assert (shown > 0) if dropped else ("dropped nothing" in sections[name]), (name, dropped, shown)
+    assert "reason</b>: non_ascii" in sections["language"] and "difficulty</b>:" in sections["difficulty"]
+    assert "length (" in sections["questions"]
+    assert "Projected cost at the paper" in html and "A projection from this run" in html
+    shown = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "text/html" in o.get("data", {})]
+    assert any("<iframe srcdoc=" in o["data"]["text/html"] and "Funnel" in o["data"]["text/html"] for o in shown)
