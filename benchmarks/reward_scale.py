@@ -82,6 +82,7 @@ class RssTimeline:
         while not self._stop.wait(self.interval):
             phase = self.phase()
             if self.points[-1]["phase"] != phase:
+                print(f"RSS: {json.dumps(self.points[-1])}", file=sys.stderr, flush=True)  # a killed run shows it too
                 self.mark(phase)
             last = self.points[-1]
             last["rss_mib"] = max(last["rss_mib"], round(_rss_mib(), 1))
