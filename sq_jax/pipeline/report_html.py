@@ -17,7 +17,7 @@ from typing import Any
 
 from sq_jax.data.dataset import atomic_open, read_json, write_json_atomic
 from sq_jax.pipeline.config import PipelineConfig
-from sq_jax.pipeline.report_summaries import CACHE_DIR, MODEL_ROLES, cached_summary
+from sq_jax.pipeline.report_summaries import CACHE_DIR, MODEL_ROLES, SUMMARY_VERSION, cached_summary
 
 log = logging.getLogger(__name__)
 REPORT_HTML = "report.html"
@@ -38,7 +38,9 @@ class Plots:
 
     def draw(self, plot_id: str, title: str, draw: Callable[..., str], *args: Any, **kwargs: Any) -> None:
         try:
-            key = hashlib.sha256(json.dumps([draw.__name__, args, kwargs], default=str).encode()).hexdigest()
+            # sorted keys: a summary read back from its cache (written sorted) is the same data, the same key
+            key = hashlib.sha256(json.dumps([SUMMARY_VERSION, args, kwargs], sort_keys=True, default=str).encode()
+                                 ).hexdigest()
             path = self.cache / f"{plot_id}.json"
             png = read_json(path).get("png") if read_json(path).get("key") == key else None
             if png is None:

@@ -18,7 +18,7 @@ from sq_jax.data.dataset import iter_part, iter_rows, list_parts, read_json, wri
 from sq_jax.pipeline.report_stats import NumericSummary, Reservoir, words
 from sq_jax.pipeline.stages import DROPPED, RECORDS, STAGE_MANIFEST
 
-SUMMARY_VERSION = 1  # bump when a summary's content changes: old caches are recomputed
+SUMMARY_VERSION = 1  # bump when a summary or a plot changes: cached ones are recomputed
 CACHE_DIR = ".report"
 EXAMPLES = 3  # kept examples per filter, and dropped examples per reason
 MAX_REASONS = 12  # distinct drop reasons with their own examples; later ones share one "other reasons" sample

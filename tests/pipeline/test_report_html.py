@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from sq_jax.data.dataset import PartWriter, write_json_atomic
-from sq_jax.pipeline import report_html, report_plots
+from sq_jax.pipeline import report_html, report_plots, report_summaries
 from sq_jax.pipeline.config import PipelineConfig, StageSpec
 from sq_jax.pipeline.filters import Decontaminator
 from sq_jax.pipeline.report_stats import NumericSummary, Reservoir
@@ -198,16 +198,17 @@ def test_report_html_holds_every_section_and_is_cached(synthetic_run, monkeypatc
     scaled = {r["stage"] for r in cost["rows"] if r["factor"] > 1}
     assert scaled == {"questions", "language", "difficulty", "responses", "rewards", "export"}  # not qpo
     assert cost["total_hours"] == pytest.approx((19.6 * 125_000 + 20.0) / 3600)
-    # A second report reads no stage folder: every summary comes from the cache.
-    monkeypatch.setattr(report_html, "cached_summary", report_html.cached_summary)
-    import sq_jax.pipeline.report_summaries as summaries
-
+    # A second report reads no stage folder (every summary comes from the cache) and draws no plot.
     def no_reading(*args, **kwargs):
-        raise AssertionError("a stage was read again though its manifest did not change")
+        raise AssertionError("a stage was read or a plot drawn again though nothing changed")
 
-    monkeypatch.setattr(summaries, "stage_summary", no_reading)
+    monkeypatch.setattr(report_summaries, "stage_summary", no_reading)
+    for name in ("funnel", "histograms", "curves", "bars"):
+        monkeypatch.setattr(report_plots, name, no_reading)
     write_report(cfg)
-    assert _plot_ids((out / "report.html").read_text()) == _plot_ids(html)
+    again = (out / "report.html").read_text()
+    assert "could not be drawn" not in again and "<p class=\"note\">stage" not in again  # a redraw would be a note
+    assert _plot_ids(again) == _plot_ids(html)
 
 
 def test_a_plot_that_fails_is_a_note_not_a_failed_run(synthetic_run, monkeypatch, caplog):
