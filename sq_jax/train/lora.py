@@ -6,6 +6,9 @@ trainer differentiates only the adapters (and a fresh score head), holds optimiz
 the frozen base in without a copy; with the adapters left out the same weights are the base model (the QPO
 reference). Export folds `A @ B` into the kernels (a plain checkpoint `transformers` loads) and can also write the
 adapters alone in PEFT's format.
+
+Adapter dropout (qwix's, on each adapter's input) runs only where `enable_dropout` gave the model a key, i.e. in
+the train step; every other use of the adapted model (eval, generation, export) is deterministic.
 """
 
 from __future__ import annotations
@@ -46,16 +49,38 @@ class _TargetedLoraProvider(qwix.LoraProvider):
         name = flax_util.find_param(operands[1]) if len(operands) == 2 else None
         if name not in self.targets:
             return ptq.PtqProvider.einsum(self, einsum_str, *operands, **kwargs)
-        return super().einsum(einsum_str, *operands, **kwargs)
+        # qwix adds the float32 adapters' delta as it is, which would promote a bfloat16 projection (and all
+        # that follows it, residuals included) to float32; the adapted projection keeps the plain product's dtype.
+        return super().einsum(einsum_str, *operands, **kwargs).astype(jnp.result_type(*operands))
+
+    def _get_current_rule_and_op_id(self, op_name: str, **kwargs: Any) -> tuple[Any, Any]:
+        # qwix applies a rule's dropout on every call and fails without a key; here a module drops out only when
+        # `enable_dropout` gave it a "dropout" stream (not in qwix's first, adapter-making call: same init).
+        rule, op_id = super()._get_current_rule_and_op_id(op_name, **kwargs)
+        if isinstance(rule, qwix.LoraRule) and rule.dropout and not _has_dropout_key(flax_util.get_current_module()):
+            rule = dataclasses.replace(rule, dropout=0.0)
+        return rule, op_id
+
+
+def _has_dropout_key(module: nnx.Module) -> bool:
+    rngs = getattr(module, "qwix_rngs", None)
+    return isinstance(rngs, nnx.Rngs) and "dropout" in rngs
+
+
+def enable_dropout(model: Transformer, key: jax.Array) -> None:
+    """Give every module of `model` its own dropout stream from `key`, so qwix drops out the adapters' inputs.
+
+    One stream per module rather than one shared: a remat'd layer runs on a copy of its state, so a shared
+    stream's count would not advance past it and every layer would draw the same masks."""
+    for index, (_, module) in enumerate(model.iter_modules()):
+        module.qwix_rngs = nnx.Rngs(dropout=jax.random.fold_in(key, index))
 
 
 def add_adapters(model: Transformer, cfg: LoraSection, mesh: Mesh | None, seed: int = 0) -> Transformer:
     """`model` with float32 adapters (A random, B zero: the same function at step 0) on `cfg.targets`,
     replicated on the mesh (a few MB; the base keeps its sharding)."""
-    if cfg.dropout:
-        raise ValueError(f"lora.dropout={cfg.dropout}: adapter dropout is not supported yet; use 0.0")
     provider = _TargetedLoraProvider(cfg.targets, module_path=r"layers/\d+/(attn|mlp)", rank=cfg.rank,
-                                     alpha=cfg.alpha)
+                                     alpha=cfg.alpha, dropout=cfg.dropout)
     # qwix creates the adapters on a first call; under remat they would be created in a discarded inner copy.
     config = model.config
     model.config = dataclasses.replace(config, remat="none")

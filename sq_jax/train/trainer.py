@@ -106,7 +106,7 @@ class Trainer:
         frozen_shardings = _shardings(self.frozen) if self.frozen is not None else None
         self.train_step = make_train_step(
             self.graphdef, self.tx, self.task.loss_fn, (self.param_shardings, _shardings(self.opt_state)), self.mesh,
-            frozen_shardings,
+            frozen_shardings, dropout_seed=cfg.seed if cfg.lora is not None and cfg.lora.dropout else None,
         )
         self.eval_step = make_eval_step(self.graphdef, self.task.loss_fn, self.param_shardings, self.mesh,
                                         frozen_shardings)
@@ -305,7 +305,7 @@ class Trainer:
             host_batch = next(iterator)
             batch = self._device_batch(host_batch, accumulated=True)
             self.params, self.opt_state, metrics = self.train_step(self.params, self.opt_state, batch,
-                                                                       *self._frozen_args())
+                                                                   *self._frozen_args(), step_number=self.step)
             self.step += 1
             self.data_state = iterator.get_state()
             pending.append((self.step, metrics))

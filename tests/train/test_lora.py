@@ -1,10 +1,11 @@
 """LoRA (qwix adapters over a frozen base): a step trains only the adapters, with the loss and gradients of the
 hand-written W + A @ B * alpha / rank; the merged export loads in transformers and the PEFT export in peft, both
 with the adapted model's logits; the QPO reference with the adapters off equals a separately loaded frozen
-reference; resume after SIGKILL is exact."""
+reference; resume after SIGKILL is exact; adapter dropout masks the adapters' inputs in the train step only."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 
@@ -15,6 +16,7 @@ import pytest
 from flax import nnx
 
 from conftest import base_config, kill_then_resume, make_config, train_losses, write_config
+from sq_jax.train.lora import save_peft_adapter
 from sq_jax.train.step import lm_loss
 from sq_jax.train.trainer import Trainer
 
@@ -144,9 +146,101 @@ def test_qpo_reference_with_adapters_off_equals_a_separate_frozen_reference(micr
     assert got[3] < got[1]  # and it trains
 
 
+DROPOUT = 0.3
+
+
+@pytest.fixture(scope="module")
+def dropped(trained, micro_model, tmp_path_factory):
+    """A trainer like `trained`'s with adapter dropout, holding `trained`'s adapters (B is zero at the start,
+    where dropout changes nothing)."""
+    lora = {"lora": {**LORA["lora"], "dropout": DROPOUT}}
+    trainer = Trainer(make_config(micro_model, tmp_path_factory.mktemp("dropout") / "run", **lora, max_steps=3, **{
+        "model.remat": "full", "optim.schedule": "constant", "optim.warmup_steps": 0}))
+    nnx.update(trainer.params, jax.tree.map(jnp.copy, trained[0].params))
+    return trainer
+
+
+def _first_batch(trainer) -> dict:
+    return trainer._device_batch(next(trainer.train_batches.iterator(None)), accumulated=True)
+
+
+def _step_loss(trainer, step_number: int) -> float:
+    copies = jax.tree.map(jnp.copy, (trainer.params, trainer.opt_state))  # the step donates its state
+    return float(trainer.train_step(*copies, _first_batch(trainer), trainer.frozen, step_number=step_number)[2]["loss"])
+
+
+def test_adapter_dropout_changes_the_train_loss_deterministically_per_step_and_leaves_eval_and_export(
+        trained, dropped, tmp_path):
+    plain = trained[0]
+    without = _step_loss(plain, 0)
+    with_dropout = [_step_loss(dropped, 0), _step_loss(dropped, 0), _step_loss(dropped, 1)]
+    assert abs(with_dropout[0] - without) > 1e-4 * abs(without)  # the masks change the training loss
+    assert with_dropout[0] == with_dropout[1]  # the same seed and step draw the same masks
+    assert with_dropout[2] != with_dropout[0]  # another step, other masks
+    # Eval, the adapted model called outside the train step, and the merged export are deterministic: exactly
+    # what the same adapters give without dropout.
+    batch = {k: v[0] for k, v in _first_batch(plain).items()}
+    for a, b in zip(jax.tree.leaves(dropped.eval_step(dropped.params, batch, dropped.frozen)),
+                    jax.tree.leaves(plain.eval_step(plain.params, batch, plain.frozen))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    tokens = jnp.arange(3, 43, dtype=jnp.int32).reshape(2, 20)
+    adapted = [_logits(nnx.merge(t.graphdef, t.params, t.frozen), tokens) for t in (dropped, plain)]
+    np.testing.assert_array_equal(*adapted)
+    np.testing.assert_array_equal(*[_logits(t.current_model(), tokens) for t in (dropped, plain)])  # merged export
+    # PEFT's config keeps the rate (PEFT applies it when training the adapter further).
+    adapters = nnx.split_state(dropped.params, nnx.LoRAParam, ...)[0]
+    save_peft_adapter(adapters, dropped.model.config, dropped.cfg.lora, tmp_path, "base")
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["lora_dropout"] == DROPOUT
+
+
+@nnx.jit
+def _logits(model, tokens):
+    return model(tokens).logits
+
+
+def test_adapter_dropout_masks_each_adapter_input_with_a_mask_drawn_from_the_step_key():
+    """By hand on one token (a mask over its features acts as a masked A): qwix draws, per adapted einsum in
+    call order, keep ~ Bernoulli(1 - rate) from the module's stream (fold_in(key, module index)) and feeds the
+    adapter x * keep / (1 - rate)."""
+    from sq_jax.models.init import init_model
+    from sq_jax.models.tiny import tiny_config
+    from sq_jax.train.config import LoraSection
+    from sq_jax.train.lora import add_adapters, enable_dropout, merged_params
+
+    cfg = tiny_config(64, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                      head_dim=8, dtype="float32", param_dtype="float32")
+    lora = LoraSection(rank=2, alpha=4.0, targets=("up_proj", "down_proj"), dropout=0.5)
+    base = init_model(cfg)
+    adapted = add_adapters(base, lora, None)
+    for _, var in nnx.to_flat_state(nnx.state(adapted, nnx.LoRAParam)):
+        var.set_value(var.get_value() + 0.5)  # B nonzero: the adapters act
+    graphdef, adapters, frozen = nnx.split(adapted, nnx.LoRAParam, nnx.Param)
+    token, key = jnp.asarray([[7]]), jax.random.key(3)
+
+    def dropped(adapters):
+        model = nnx.merge(graphdef, adapters, frozen)
+        enable_dropout(model, key)
+        return model(token).logits
+
+    mlp_index = [path for path, _ in adapted.iter_modules()].index(("layers", 0, "mlp"))
+    stream = jax.random.fold_in(key, mlp_index)
+    keep = {name: jax.random.bernoulli(jax.random.fold_in(stream, call), 0.5, (width,)) / 0.5
+            for call, (name, width) in enumerate([("up_proj", 16), ("down_proj", 32)])}  # call order in the MLP
+    masked = jax.tree.map(lambda x: x, adapters)
+    mlp = masked["layers"][0]["mlp"]
+    for name, scale in keep.items():
+        a = getattr(mlp, f"{name}_lora_a")
+        a.set_value(a.get_value() * scale[:, None])  # A [in, rank]: x * keep @ A == x @ (keep[:, None] * A)
+    hand = _logits(nnx.merge(nnx.graphdef(base), merged_params(nnx.state(base), masked, lora)), token)
+    got = jax.jit(dropped)(adapters)
+    assert all(0 < int((scale == 0).sum()) < scale.size for scale in keep.values())  # masks that drop some
+    np.testing.assert_allclose(np.asarray(got), np.asarray(hand), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_lora_resumes_after_sigkill_with_the_same_losses(micro_model, tmp_path):
-    overrides = {**LORA, "max_steps": 14, "checkpoint.every_steps": 1, "checkpoint.keep": 2,
+    # With adapter dropout: the masks come from the seed and the step, so the resumed steps draw the same ones.
+    overrides = {"lora": {**LORA["lora"], "dropout": 0.1}, "max_steps": 14, "checkpoint.every_steps": 1, "checkpoint.keep": 2,
                  "data.sources": [{"path": "procedural:300:5"}]}
     Trainer(make_config(micro_model, tmp_path / "straight",
                         **{**overrides, "checkpoint.every_steps": 1000})).train()
