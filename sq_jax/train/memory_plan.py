@@ -2,10 +2,12 @@
 remat policy) and of a generation engine (params, KV cache of max_slots x max_cache_length), computed from the
 shapes before anything is loaded, so a stage too big for the chip is refused with what to change.
 
-The activation model counts what the backward pass keeps per token and layer for this decoder
-(models/transformer.py): with remat `full` only each layer's input, with `none` every projection output, norm and
-attention probability, plus one layer's recompute working set and the float32 logits with their gradient.
-`benchmarks/memory_plan.py` checks it against XLA's `compiled.memory_analysis()`.
+The activation model counts what the backward pass keeps per token for this decoder (models/transformer.py), as
+JAX's saved residuals list them: with remat `full` each layer's input, with the `dots` policies the matmul outputs
+as well, with `none` every residual of every layer; then the softmax of the float32 logits, plus a working set
+(the layer a remat recomputes, the logits' gradient). `benchmarks/memory_plan.py` checks the kept bytes against
+`jax.ad_checkpoint`'s saved residuals of the real loss under every policy, and the whole plan against XLA's
+`compiled.memory_analysis()` without remat.
 """
 
 from __future__ import annotations
@@ -60,24 +62,58 @@ def lora_param_count(cfg: ModelConfig, rank: int, targets: tuple[str, ...]) -> i
     return cfg.num_layers * sum(rank * (shapes[t][0] + shapes[t][1]) for t in targets)
 
 
-def activation_bytes_per_token(cfg: ModelConfig, seq_len: int, remat: str) -> tuple[float, float]:
-    """(bytes kept per token for the backward pass over all layers, bytes of one layer's working set per token)."""
+def forward_layer_bytes(cfg: ModelConfig, seq_len: int) -> float:
+    """Per token, one layer's forward working set (a prefill holds one layer's activations at a time)."""
     c = _BYTES[cfg.dtype]
     e, m, n, k, d = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    # One layer: two norms (float32 inside), q/k/v before and after rope, attention output, o_proj, residuals,
+    # Two norms (float32 inside), q/k/v before and after rope, attention output, o_proj, residuals,
     # gate/up/silu/product, down; attention probabilities (float32 logits and compute-dtype probabilities).
     dense = c * (4 * e + 2 * (n + k) * d + k * d + n * d + 4 * m) + 4 * 2 * e
-    attention = n * seq_len * (4 + c)
-    layer = dense + attention
-    if remat == "full":
-        kept = cfg.num_layers * c * e
-    elif remat in ("dots", "dots_no_batch"):
-        # Matmul outputs are kept: projections and (with batch dims) the attention scores.
-        dots = c * ((n + 2 * k) * d + e + 2 * m + e)
-        kept = cfg.num_layers * (dots + (n * seq_len * c if remat == "dots" else 0))
-    else:
-        kept = cfg.num_layers * layer
-    return kept, layer
+    return dense + n * seq_len * (4 + c)
+
+
+def _norm_residuals(e: int, c: int) -> float:
+    """An RMSNorm's residuals per token: its float32 input, the rsqrt, the normalised value (and its cast)."""
+    return 4 * e + 8 + (2 if c < 4 else 1) * c * e
+
+
+def layer_residual_bytes(cfg: ModelConfig, seq_len: int) -> float:
+    """What JAX's backward keeps per token of one decoder layer without remat (`jax.ad_checkpoint`'s saved
+    residuals of models/transformer.py, counted by hand and checked against them in tests/train/test_memory_plan)."""
+    c = _BYTES[cfg.dtype]
+    e, m, n, k, d = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    # jax.nn.dot_product_attention: the broadcast mask, float32 logits and softmax, the probabilities in the
+    # compute dtype, the row max and sum; q and the attention output, k after rope and v; rope's float32 cos/sin.
+    attention = n * seq_len * (1 + 2 * 4 + c) + 2 * n * 4 + 2 * n * d * c + 2 * k * d * c + 8 * d
+    mlp = 6 * m * c  # gate, up, and silu(gate) * up's four intermediates
+    # Two norms; in float32 the cast away from float32 is no copy, so the residual stream itself is kept instead.
+    norms = 2 * _norm_residuals(e, c) + (2 * c * e if c == 4 else 0)
+    return attention + mlp + norms
+
+
+def backward_residual_bytes(cfg: ModelConfig, seq_len: int, remat: str, lora_rank: int | None = None,
+                            lora_targets: tuple[str, ...] = ()) -> float:
+    """Per token, what the backward pass keeps under `remat` (saved residuals over every layer, the final norm
+    and the softmax of the float32 logits); with LoRA also each adapter's x @ A (and under the `dots` policies
+    its delta, a matmul output)."""
+    c = _BYTES[cfg.dtype]
+    e, m, n, k, d = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    head = _norm_residuals(e, c) + (4 * cfg.vocab_size if cfg.head != "score" else 0)
+    adapters = 4 * (lora_rank or 0) * len(lora_targets)  # float32, as the adapters are
+    if remat == "none":
+        return cfg.num_layers * (layer_residual_bytes(cfg, seq_len) + adapters) + head
+    # A remat'd layer keeps its input (the last layer's output feeds the final norm) and the mask, once.
+    kept = (cfg.num_layers + 1) * c * e + seq_len
+    if remat in ("dots", "dots_no_batch"):
+        # Matmul outputs are kept: q/k/v, o_proj, gate and up (and, with batch dims, the float32 attention scores
+        # and the probabilities times values); down_proj's output only feeds the residual sum.
+        widths = {"q_proj": n * d, "k_proj": k * d, "v_proj": k * d, "o_proj": e, "gate_proj": m, "up_proj": m,
+                  "down_proj": 0}
+        dots = c * sum(widths.values()) + adapters + 4 * sum(widths[t] for t in lora_targets if lora_rank)
+        kept += cfg.num_layers * (dots + (n * seq_len * 4 + n * d * c if remat == "dots" else 0))
+    elif remat != "full":
+        raise ValueError(f"model.remat={remat!r}: expected none, full, dots or dots_no_batch")
+    return kept + head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,9 +166,11 @@ def train_plan(cfg: ModelConfig, shape: TrainShape, stage: str = "train") -> Sta
     else:
         trainable, train_bytes, shards = total, total * pbytes, shape.param_shards
     tokens = shape.micro_batch * shape.seq_len / shape.data_parallel
-    kept, layer = activation_bytes_per_token(cfg, shape.seq_len, shape.remat)
-    # float32 logits, their softmax and gradient (an LM head; a score head's outputs are tiny).
-    logits = 3 * 4 * cfg.vocab_size if cfg.head != "score" else 0
+    kept = backward_residual_bytes(cfg, shape.seq_len, shape.remat, shape.lora_rank, shape.lora_targets)
+    # Working set: a remat'd layer recomputed whole for its backward (without remat nothing is recomputed), and
+    # the float32 logits' gradient (their softmax is among the kept residuals).
+    layer = layer_residual_bytes(cfg, shape.seq_len) if shape.remat != "none" else 0
+    logits = 4 * cfg.vocab_size if cfg.head != "score" else 0
     rows = {
         "params": int(total * pbytes / shape.param_shards + (trainable * 4 if shape.lora_rank else 0)),
         "gradients": int((2 if shape.grad_accum > 1 else 1) * train_bytes / shards),
@@ -150,7 +188,7 @@ def generation_plan(cfg: ModelConfig, *, slots: int, cache_length: int, prefill_
     logits, and the per-step float32 logits of every slot."""
     c = _BYTES[dtype]
     kv = 2 * cfg.num_layers * slots * cache_length * cfg.num_kv_heads * cfg.head_dim * c
-    _, layer = activation_bytes_per_token(dataclasses.replace(cfg, dtype=dtype), prefill_length, "full")
+    layer = forward_layer_bytes(dataclasses.replace(cfg, dtype=dtype), prefill_length)
     vocab = 4 * cfg.vocab_size if cfg.head != "score" else 0
     rows = {
         "params": int(param_count(cfg) * c / devices),
