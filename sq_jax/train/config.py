@@ -166,6 +166,12 @@ class TrainConfig:
         if self.data.shares is not None and self.global_batch_size % self.data.shares:
             raise ValueError(f"global_batch_size={self.global_batch_size} does not split over data.shares="
                              f"{self.data.shares}")
+        if self.lora is not None and self.model.dtype != self.model.param_dtype:
+            # qwix finds the weight an einsum adapts by the array itself; the cast to the compute dtype hides it.
+            raise ValueError(
+                f"lora with model.dtype={self.model.dtype} and model.param_dtype={self.model.param_dtype}: the "
+                "frozen base must be held in the compute dtype (LoRA keeps no master weights of it; adapters stay "
+                f"float32). Set model.param_dtype: {self.model.dtype}, or model.dtype: {self.model.param_dtype}")
 
     @property
     def grad_accum_steps(self) -> int:

@@ -282,3 +282,12 @@ def test_adapters_keep_a_bfloat16_model_bfloat16_and_make_only_the_chosen_target
     assert hidden.dtype == jnp.bfloat16  # float32 adapters do not promote the bfloat16 activations
     adapters = {str(p[-1]): v.get_value().dtype for p, v in nnx.to_flat_state(nnx.state(adapted, nnx.LoRAParam))}
     assert adapters == {f"{t}_lora_{ab}": jnp.float32 for t in ("k_proj", "gate_proj") for ab in "ab"}
+
+
+def test_a_float32_base_under_bfloat16_compute_is_refused_with_what_to_set(micro_model, tmp_path):
+    """qwix cannot see a weight through the cast to the compute dtype (it failed deep in the first call with
+    "adapters were made for []"); the config says what to set before anything loads."""
+    with pytest.raises(ValueError, match=r"model.dtype=bfloat16 and model.param_dtype=float32.*"
+                                         r"Set model.param_dtype: bfloat16, or model.dtype: float32"):
+        make_config(micro_model, tmp_path, **LORA, **{"model.dtype": "bfloat16", "model.param_dtype": "float32"})
+    make_config(micro_model, tmp_path, **LORA, **{"model.dtype": "bfloat16", "model.param_dtype": "bfloat16"})
