@@ -355,7 +355,8 @@ def test_a_client_leaving_mid_stream_frees_its_slot_on_both_fronts(served):
     connection = http.client.HTTPConnection(host, int(port), timeout=60)
     connection.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
     assert connection.getresponse().readline().startswith(b"data: ")
-    _until(lambda: served.metrics()["sq_jax_slots_in_use"] == 4)
+    # Its samples hold slots (not always all 4 at one poll: on a loaded box a sample may end early on EOS).
+    _until(lambda: served.metrics()["sq_jax_slots_in_use"] >= 1)
     connection.sock.shutdown(socket.SHUT_RDWR)  # HTTP: the client goes away mid-stream
     connection.close()
     _until(lambda: served.metrics()["sq_jax_slots_in_use"] == 0)
