@@ -5,7 +5,10 @@ official `openai` async client on 127.0.0.1, against the offline driver's throug
     python benchmarks/serve_load.py --model DIR --requests 200 --max-tokens 64
 
 The server runs as a subprocess (`sq-jax serve`, loopback only); the offline driver runs the same engine requests
-(same prompts, seeds, max_tokens) in this process after the server has stopped, so the two never share the CPU.
+(same prompts, seeds, max_tokens) in this process before the server starts and again after it has stopped, so the
+two never share the CPU, and the server is compared with the faster of the two offline runs. The CPU seconds of
+the server process and of this process (the load generator) during the load are reported: on a small machine the
+client's share is CPU the server did not have.
 Seeded sampling makes both produce the same tokens, so tokens/s compare like for like; the token streams are
 also checked to be equal. Bounded: every request has a timeout and the whole load a deadline.
 """
@@ -17,6 +20,7 @@ import asyncio
 import json
 import os
 import random
+import resource
 import socket
 import subprocess
 import sys
@@ -95,23 +99,38 @@ async def load(base_url: str, reqs: list[dict], max_tokens: int, timeout_s: floa
     return results, wall
 
 
-def offline(model: str, reqs: list[dict], max_tokens: int) -> tuple[list[list[int]], float]:
-    from sq_jax.sampling.loop import Request
-    from sq_jax.sampling.offline import run_driver
-    from sq_jax.sampling.sampling import SamplingParams
-    from sq_jax.sampling.server import EngineSettings, build_engine
+def _cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) of this process, or of process `pid` (Linux /proc)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    settings = EngineSettings(max_slots=64, max_cache_length=512, max_prefill_length=384, decode_steps=8,
-                              dtype="float32", mesh_tensor=1, mesh_fsdp=1)
-    engine = build_engine(model, settings, SamplingParams(max_tokens=max_tokens))
-    tok = engine.hf_tokenizer
-    requests = [Request(tok(r["prompt"], add_special_tokens=False)["input_ids"],
-                        SamplingParams(temperature=1.0, top_p=0.95, max_tokens=max_tokens, seed=r["seed"] + j))
-                for r in reqs if not r.get("bad") for j in range(r["n"])]
-    run_driver(engine, requests[:128])  # compile outside the clock, as the warmed-up server is
-    start = time.perf_counter()
-    done = run_driver(engine, requests, window=4 * settings.max_slots)
-    return [c.token_ids for c in done], time.perf_counter() - start
+
+class Offline:
+    """The offline driver on the same engine settings as the server, compiled once, run on the same requests."""
+
+    def __init__(self, model: str, reqs: list[dict], max_tokens: int):
+        from sq_jax.sampling.loop import Request
+        from sq_jax.sampling.offline import run_driver
+        from sq_jax.sampling.sampling import SamplingParams
+        from sq_jax.sampling.server import EngineSettings, build_engine
+
+        self.settings = EngineSettings(max_slots=64, max_cache_length=512, max_prefill_length=384, decode_steps=8,
+                                       dtype="float32", mesh_tensor=1, mesh_fsdp=1)
+        self.engine = build_engine(model, self.settings, SamplingParams(max_tokens=max_tokens))
+        tok = self.engine.hf_tokenizer
+        self.requests = [Request(tok(r["prompt"], add_special_tokens=False)["input_ids"],
+                                 SamplingParams(temperature=1.0, top_p=0.95, max_tokens=max_tokens, seed=r["seed"] + j))
+                         for r in reqs if not r.get("bad") for j in range(r["n"])]
+        self._run = run_driver
+        run_driver(self.engine, self.requests[:128])  # compile outside the clock, as the warmed-up server is
+
+    def run(self) -> tuple[list[list[int]], float]:
+        start = time.perf_counter()
+        done = self._run(self.engine, self.requests, window=4 * self.settings.max_slots)
+        return [c.token_ids for c in done], time.perf_counter() - start
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -141,6 +160,8 @@ def main() -> None:
     prompts = [fmt.pre_query_template] + [fmt.solver_prompt(q) for q in questions]
     reqs = plan(args.requests, prompts, seed=0)
 
+    bench = Offline(model, reqs, args.max_tokens)
+    offline_tokens, offline_before = bench.run()
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "SQ_JAX_API_KEY"}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
@@ -152,12 +173,15 @@ def main() -> None:
         print(proc.stdout.readline().strip(), file=sys.stderr)
         warm = [dict(r, stream=False) for r in reqs if not r.get("bad")][:128]
         asyncio.run(load(base, warm, args.max_tokens, args.timeout, args.deadline))  # compile outside the clock
+        server_cpu, client_cpu = _cpu_s(proc.pid), _cpu_s()
         results, wall = asyncio.run(load(base, reqs, args.max_tokens, args.timeout, args.deadline))
+        server_cpu, client_cpu = _cpu_s(proc.pid) - server_cpu, _cpu_s() - client_cpu
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    offline_tokens, offline_wall = offline(model, reqs, args.max_tokens)
+    offline_again, offline_after = bench.run()
+    offline_wall = min(offline_before, offline_after)
 
     valid = [r for r in results if not r["bad"]]
     bad = [r for r in results if r["bad"]]
@@ -170,10 +194,12 @@ def main() -> None:
         "valid_failures": len(failures), "bad_answered_400": sum(r["status"] == 400 for r in bad),
         "server_wall_s": wall, "requests_per_s": len(valid) / wall, "server_tokens_per_s": total / wall,
         "offline_wall_s": offline_wall, "offline_tokens_per_s": sum(map(len, offline_tokens)) / offline_wall,
+        "offline_wall_before_after_s": [offline_before, offline_after],
+        "server_cpu_s": server_cpu, "client_cpu_s": client_cpu, "cpu_s_available": wall * (os.cpu_count() or 1),
         "ttft_p50_s": _pct(stream_ttft, 50), "ttft_p99_s": _pct(stream_ttft, 99),
         "latency_p50_s": _pct([r["latency"] for r in valid], 50),
         "latency_p99_s": _pct([r["latency"] for r in valid], 99),
-        "tokens_equal_offline": served_tokens == offline_tokens, "generated_tokens": total,
+        "tokens_equal_offline": served_tokens == offline_tokens == offline_again, "generated_tokens": total,
         "prefix_hits": next((line.split()[-1] for line in metrics.splitlines()
                              if line.startswith("sq_jax_prefix_hits_total")), None),
         "cpus": os.cpu_count(), "load_average": os.getloadavg(),
@@ -183,13 +209,15 @@ def main() -> None:
         row["failure_statuses"] = sorted(set(map(str, failures)))
     print(json.dumps(row, indent=2))
     print("\n| requests (valid / bad) | valid failed | bad -> 400 | req/s | TTFT p50 / p99 (stream) | "
-          "latency p50 / p99 | tokens/s served | tokens/s offline | served / offline | same tokens |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "latency p50 / p99 | tokens/s served | tokens/s offline | served / offline | same tokens | "
+          "CPU s server / client / wall x cores |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {row['requests']} ({row['valid']} / {row['bad']}) | {row['valid_failures']} | "
           f"{row['bad_answered_400']} / {row['bad']} | {row['requests_per_s']:.1f} | "
           f"{row['ttft_p50_s']:.2f} / {row['ttft_p99_s']:.2f} s | {row['latency_p50_s']:.2f} / "
           f"{row['latency_p99_s']:.2f} s | {row['server_tokens_per_s']:.0f} | {row['offline_tokens_per_s']:.0f} | "
-          f"{row['server_vs_offline']:.2f} | {row['tokens_equal_offline']} |")
+          f"{row['server_vs_offline']:.2f} | {row['tokens_equal_offline']} | "
+          f"{server_cpu:.0f} / {client_cpu:.0f} / {row['cpu_s_available']:.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(row, indent=2))
 

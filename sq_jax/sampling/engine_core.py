@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx, struct
 
 from sq_jax.models.kv_cache import KVCache, init_cache
@@ -45,6 +46,15 @@ class DecodeState:
     top_p: jax.Array
     top_k: jax.Array  # [slots] int32
     max_tokens: jax.Array  # [slots] int32
+    logprobs: jax.Array  # [slots] float32: log-probability of the pending token under the model
+
+
+def token_logprob(logits: jax.Array, token: jax.Array) -> jax.Array:
+    """log p(token) under the model's own distribution (before temperature, top-k, top-p: vLLM's default), from
+    logits [..., vocab] and token ids [...]; one logsumexp, no [vocab] log-softmax kept."""
+    logits = logits.astype(jnp.float32)
+    chosen = jnp.take_along_axis(logits, token[..., None], axis=-1)[..., 0]
+    return chosen - jax.nn.logsumexp(logits, axis=-1)
 
 
 def prefill(
@@ -116,6 +126,7 @@ def insert(prefix: Prefix, state: DecodeState, slot: jax.Array) -> DecodeState:
         top_p=put(state.top_p, prefix.top_p),
         top_k=put(state.top_k, prefix.top_k),
         max_tokens=put(state.max_tokens, prefix.max_tokens),
+        logprobs=put(state.logprobs, token_logprob(prefix.logits, first)),
     )
 
 
@@ -123,8 +134,9 @@ def generate(
     graphdef: nnx.GraphDef, params: nnx.State, state: DecodeState, stop_ids: jax.Array, steps: int,
     sampling: bool = True, restore: Callable[[nnx.State], nnx.State] | None = None,
 ) -> tuple[DecodeState, jax.Array]:
-    """`steps` decode steps for every slot. Returns the new state and [slots, 2 * steps + 1] int32 results:
-    emitted tokens, their validity, and each slot's count of emitted tokens at the block's first token.
+    """`steps` decode steps for every slot. Returns the new state and [slots, 3 * steps + 1] int32 results:
+    emitted tokens, their validity, each slot's count of emitted tokens at the block's first token (JetStream's
+    ResultTokens layout, which reads only these), then the emitted tokens' log-probabilities (float32 bits).
 
     `sampling=False` (static) compiles a greedy-only block, valid when every slot has temperature 0. The choice
     is the caller's (the host knows every request's settings) rather than a `lax.cond` in the step: on GPU a
@@ -138,7 +150,7 @@ def generate(
     def one_step(state: DecodeState, _):
         model: Transformer = nnx.merge(graphdef, restore(params) if restore is not None else params)
         cache = state.cache
-        emit = state.tokens
+        emit, emit_logprob = state.tokens, state.logprobs
         room = cache.lengths < cache.max_length
         valid = state.active & (state.generated < state.max_tokens) & room
         out = model(emit[:, None], cache.lengths[:, None], jnp.ones_like(emit)[:, None], cache)
@@ -157,12 +169,19 @@ def generate(
             tokens=jnp.where(valid, nxt, state.tokens),
             generated=generated,
             active=valid & ~stopped & (generated < state.max_tokens),
+            logprobs=jnp.where(valid, token_logprob(logits, nxt), state.logprobs),
         )
-        return new_state, (emit, valid.astype(jnp.int32))
+        return new_state, (emit, valid.astype(jnp.int32), emit_logprob)
 
-    state, (tokens, valid) = jax.lax.scan(one_step, state, None, length=steps)
-    result = jnp.concatenate([tokens.T, valid.T, first_count[:, None]], axis=1).astype(jnp.int32)
+    state, (tokens, valid, logprobs) = jax.lax.scan(one_step, state, None, length=steps)
+    logprob_bits = jax.lax.bitcast_convert_type(logprobs.T.astype(jnp.float32), jnp.int32)
+    result = jnp.concatenate([tokens.T, valid.T, first_count[:, None], logprob_bits], axis=1).astype(jnp.int32)
     return state, result
+
+
+def result_logprobs(result: np.ndarray, steps: int) -> np.ndarray:
+    """The [slots, steps] float32 log-probabilities of a decode block's emitted tokens, from its host results."""
+    return result[:, 2 * steps + 1: 3 * steps + 1].view(np.float32)
 
 
 @struct.dataclass
@@ -231,4 +250,5 @@ def insert_batch(
         top_p=put(state.top_p, settings["top_p"]),
         top_k=put(state.top_k, settings["top_k"]),
         max_tokens=put(state.max_tokens, settings["max_tokens"]),
+        logprobs=put(state.logprobs, token_logprob(batch.logits[rows], first)),
     )

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sq_jax.sampling.engine import Engine
+from sq_jax.sampling.engine_core import result_logprobs
 from sq_jax.sampling.sampling import SamplingParams, sampling_from_request
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def _classes() -> tuple[type, type, type]:
             # max_tokens it would decode one more block for nobody. The host knows each slot's last block.
             self._blocks = 0
             self._last_block: dict[int, int] = {}
-            self._idle = np.zeros((self.max_slots, 2 * self.decode_steps + 1), np.int32)
+            self._idle = np.zeros((self.max_slots, 3 * self.decode_steps + 1), np.int32)
 
         def insert(self, prefix: Any, decode_state: Any, slot: int) -> Any:
             blocks = -(-int(prefix.max_tokens) // self.decode_steps)
@@ -238,11 +239,14 @@ def _classes() -> tuple[type, type, type]:
                     live[head] = body  # (slot, request): a request was inserted into this slot
                     continue
                 result = body.convert_to_numpy()
+                logprobs = result_logprobs(result.data, engine.decode_steps)
                 for slot, request in list(live.items()):
                     if not _cancelled(request):
                         samples, request.complete = js.token_utils.process_result_tokens(
                             tokenizer=tokenizer, slot=slot, slot_max_length=request.max_tokens, result_tokens=result,
                             complete=request.complete, is_client_side_tokenization=request.is_client_side_tokenization)
+                        for sample in samples:  # JetStream's ReturnSample has no logprobs: carried beside
+                            sample.logprobs = logprobs[slot, : len(sample.token_ids)].tolist()
                         self.generated_tokens += sum(len(sample.token_ids) for sample in samples)
                         request.enqueue_samples(samples)
                         if not request.complete.all():

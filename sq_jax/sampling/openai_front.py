@@ -17,7 +17,7 @@ import queue
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -50,8 +50,15 @@ class _Body(BaseModel):
 
 class CompletionBody(_Body):
     prompt: str | list[int] | list[str] | list[list[int]]
-    logprobs: None = None
+    # The number of top alternatives per token (OpenAI allows 0-5); 0 gives the sampled tokens' own.
+    logprobs: int | None = Field(None, ge=0, le=5)
     echo: Literal[False] = False
+
+    def wants_logprobs(self) -> bool:
+        if self.logprobs:
+            raise APIError(400, "logprobs: only 0 is served (each sampled token's own log-probability); the decode "
+                                "block does not compute top alternatives", "logprobs")
+        return self.logprobs is not None
 
 
 class Message(BaseModel):
@@ -61,7 +68,16 @@ class Message(BaseModel):
 
 class ChatBody(_Body):
     messages: list[Message] = Field(min_length=1)
-    logprobs: Literal[False] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    def wants_logprobs(self) -> bool:
+        if self.top_logprobs and not self.logprobs:
+            raise APIError(400, "top_logprobs: needs logprobs: true", "top_logprobs")
+        if self.top_logprobs:
+            raise APIError(400, "top_logprobs: only 0 is served (each sampled token's own log-probability); the "
+                                "decode block does not compute top alternatives", "top_logprobs")
+        return bool(self.logprobs)
 
 
 class APIError(Exception):
@@ -94,6 +110,8 @@ class _Sample:
     active: Any
     prompt_tokens: int
     tokens: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    logprobs_sent: int = 0  # tokens whose log-probabilities a stream chunk has carried
     text: str = ""
     finish_reason: str | None = None
 
@@ -189,7 +207,7 @@ class OpenAIFront:
                                 f"length {self.engine.max_cache_length}", "prompt")
         seed = random.randrange(2**31 - body.n) if body.seed is None else body.seed
         if seed + body.n > 2**31:
-            raise APIError(400, f"seed: sample i of n is seeded seed + i, so seed + n must be <= 2**31", "seed")
+            raise APIError(400, "seed: sample i of n is seeded seed + i, so seed + n must be <= 2**31", "seed")
         pick = lambda value, fallback: fallback if value is None else value  # noqa: E731
         return SamplingParams(temperature=pick(body.temperature, default.temperature),
                               top_p=pick(body.top_p, default.top_p), top_k=pick(body.top_k, default.top_k),
@@ -228,6 +246,7 @@ class OpenAIFront:
         try:
             async for pieces in channel:
                 sample.tokens += pieces[0].token_ids
+                sample.logprobs += pieces[0].logprobs
                 text = self.tokenizer.decode(sample.tokens)
                 cut = min((i for i in (text.find(s, max(emitted - hold, 0)) for s in stops) if i >= 0), default=-1)
                 if cut >= 0:
@@ -253,9 +272,11 @@ class OpenAIFront:
     async def _answer(self, body: _Body, request: Request, prompts: list[list[int]], stops: list[str],
                       chat: bool) -> Response:
         start = time.perf_counter()
+        wants_logprobs = body.wants_logprobs()
         samples = self._submit(body, prompts)
+        token_text = self.tokenizer.decode if wants_logprobs else None
         shape = _Shape(chat, f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", int(time.time()), self.model_name,
-                       body.return_token_ids)
+                       body.return_token_ids, token_text)
         if body.stream:
             return StreamingResponse(self._stream(samples, stops, shape, start), media_type="text/event-stream")
         collect = asyncio.ensure_future(asyncio.gather(*(self._drain(s, stops, start) for s in samples)))
@@ -338,13 +359,30 @@ class _Shape:
     created: int
     model: str
     token_ids: bool
+    token_text: Callable[[list[int]], str] | None = None  # set when the request asked for logprobs
 
     def head(self, chunk: bool) -> dict:
         kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def _choice(self, sample: _Sample, text: str, finish: str | None) -> dict:
-        choice: dict[str, Any] = {"index": sample.index, "finish_reason": finish, "logprobs": None}
+    def _logprobs(self, sample: _Sample, start: int, end: int) -> dict | None:
+        """OpenAI's logprobs object for the sample's tokens [start, end): the sampled tokens' own log-probabilities
+        under the model (before temperature, top-k, top-p), no alternatives."""
+        if self.token_text is None:
+            return None
+        pieces = [self.token_text([t]) for t in sample.tokens[start:end]]
+        values = sample.logprobs[start:end]
+        if self.chat:
+            return {"content": [{"token": p, "logprob": v, "bytes": list(p.encode("utf-8")), "top_logprobs": []}
+                                for p, v in zip(pieces, values)], "refusal": None}
+        return {"tokens": pieces, "token_logprobs": values, "top_logprobs": None, "text_offset": None}
+
+    def _choice(self, sample: _Sample, text: str, finish: str | None, chunk: bool = False) -> dict:
+        start, end = (sample.logprobs_sent, len(sample.logprobs)) if chunk else (0, len(sample.tokens))
+        if chunk:
+            sample.logprobs_sent = end
+        choice: dict[str, Any] = {"index": sample.index, "finish_reason": finish,
+                                  "logprobs": self._logprobs(sample, start, end)}
         if not self.chat:
             choice["text"] = text
         if self.token_ids and finish is not None:
@@ -361,7 +399,7 @@ class _Shape:
         return {**self.head(chunk=False), "choices": choices, "usage": _usage(samples)}
 
     def chunk(self, sample: _Sample, text: str, finish: bool = False, role: bool = False) -> dict:
-        choice = self._choice(sample, text, sample.finish_reason if finish else None)
+        choice = self._choice(sample, text, sample.finish_reason if finish else None, chunk=True)
         if self.chat:
             choice["delta"] = {"role": "assistant", "content": ""} if role else ({} if finish else {"content": text})
         return {**self.head(chunk=True), "choices": [choice]}

@@ -39,6 +39,7 @@ def empty_state(cfg: ModelConfig, slots: int, length: int) -> DecodeState:
         tokens=zeros((slots,), jnp.int32), generated=zeros((slots,), jnp.int32), active=zeros((slots,), bool),
         keys=zeros((slots, 2), jnp.uint32), temperature=zeros((slots,), jnp.float32),
         top_p=jnp.ones((slots,), jnp.float32), top_k=zeros((slots,), jnp.int32), max_tokens=zeros((slots,), jnp.int32),
+        logprobs=zeros((slots,), jnp.float32),
     )
 
 

@@ -294,6 +294,58 @@ def test_openai_streaming_n_and_stop_strings(served, engine):
     assert chat[0].choices[0].delta.role == "assistant" and chat[-1].usage.completion_tokens <= 6
 
 
+def _reference_logprobs(model_dir, prompt_ids: list[int], tokens: list[int]) -> list[float]:
+    """The sampled tokens' log-probabilities by transformers' own forward pass over prompt + tokens (float32)."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                              attn_implementation="eager")
+    ids = torch.tensor([prompt_ids + tokens])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt_ids) - 1: -1]
+    return torch.log_softmax(logits, -1).gather(1, torch.tensor(tokens)[:, None])[:, 0].tolist()
+
+
+def test_openai_logprobs_are_the_models_own_for_the_sampled_tokens(served, engine, tiny):
+    import openai
+
+    _wait_healthy(served)
+    api = served.openai()
+    tok, fmt = engine.hf_tokenizer, PROMPT_FORMATS["qwen"]
+    prompt = fmt.solver_prompt("What is 2 plus 3?")
+    knobs = dict(model="tiny", prompt=prompt, max_tokens=12, temperature=0.8, seed=5, n=2, logprobs=0,
+                 extra_body={"return_token_ids": True})
+    whole = api.completions.create(**knobs)
+    prompt_ids = encode_prompt(tok, prompt)
+    for choice in whole.choices:
+        tokens = choice.model_extra["token_ids"]
+        assert choice.logprobs.tokens == [tok.decode([t]) for t in tokens]
+        # Under the model, before temperature: what transformers computes for the same tokens.
+        assert choice.logprobs.token_logprobs == pytest.approx(_reference_logprobs(tiny, prompt_ids, tokens),
+                                                               abs=2e-4)
+    chunks = list(api.completions.create(**knobs, stream=True))
+    streamed = [[v for c in chunks if c.choices and c.choices[0].index == i and c.choices[0].logprobs
+                 for v in c.choices[0].logprobs.token_logprobs] for i in range(2)]
+    assert streamed == [c.logprobs.token_logprobs for c in whole.choices]
+    messages = [{"role": "user", "content": "What is 2 plus 3?"}]
+    chat = api.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0.0,
+                                       logprobs=True, extra_body={"return_token_ids": True}).choices[0]
+    tokens = chat.model_extra["token_ids"]
+    chat_ids = encode_prompt(tok, fmt.chat(messages, add_generation_prompt=True))
+    assert [e.logprob for e in chat.logprobs.content] == pytest.approx(
+        _reference_logprobs(tiny, chat_ids, tokens), abs=2e-4)
+    assert [e.bytes for e in chat.logprobs.content] == [list(tok.decode([t]).encode()) for t in tokens]
+    plain = api.completions.create(model="tiny", prompt=prompt, max_tokens=4)
+    assert plain.choices[0].logprobs is None  # not asked: not computed on the host
+    for call, field in ((lambda: api.completions.create(**{**knobs, "logprobs": 2}), "logprobs"),
+                        (lambda: api.chat.completions.create(model="tiny", messages=messages, logprobs=True,
+                                                             top_logprobs=3), "top_logprobs")):
+        with pytest.raises(openai.BadRequestError) as info:
+            call()
+        assert info.value.body["param"] == field and "top alternatives" in info.value.body["message"]
+
+
 def _post(served: Served, path: str, body: bytes) -> tuple[int, dict]:
     request = urllib.request.Request(served.url(path), body, {"Content-Type": "application/json"})
     try:
@@ -393,7 +445,7 @@ def test_tiny_pipeline_runs_its_optimiser_through_sq_jax_serve(served, tmp_path,
 
 def test_eval_answers_through_sq_jax_serve(served, tmp_path):
     from sq_jax.eval.runner import EvalConfig, _prompt_rows, load_items, run_eval
-    from sq_jax.models.tokenizer import SOLVER_INSTRUCTION
+    from sq_jax.prompts.solver import SOLVER_INSTRUCTION
     from sq_jax.sampling.generate_job import request_seed
 
     _wait_healthy(served)
