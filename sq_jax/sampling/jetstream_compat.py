@@ -152,6 +152,10 @@ def _classes() -> tuple[type, type, type]:
             self.generated_tokens = 0  # tokens handed to clients (for throughput metrics)
             self._live_requests: dict[int, dict[int, Any]] = {}  # generate engine -> slot -> request
             self._in_prefill: Any = None  # the request the prefill thread holds, between the queues
+            # Every request taken and not yet answered, by id: the queues and slots alone miss one that a thread
+            # holds between two of them (for seconds while an insert compiles), which a shutdown must fail too.
+            self._placed: dict[int, Any] = {}
+            self._placed_prune_at = 64
             super().__init__(*args, **kwargs)  # starts the threads
             # JetStream queues at most slots // 3 prefilled requests for the generate thread, so when many
             # requests finish together their slots refill over several decode blocks. Let a whole batch wait.
@@ -184,15 +188,20 @@ def _classes() -> tuple[type, type, type]:
             if getattr(request, "sampling", None) is None:  # fronts that checked already skip the second pass
                 self.check_request(request)
             super().place_request_on_prefill_queue(request)
+            self._placed[id(request)] = request
+            if len(self._placed) >= self._placed_prune_at:  # amortised: the registry stays ~2x the open requests
+                self.open_requests()
+                self._placed_prune_at = max(64, 2 * len(self._placed))
 
         def _queues(self) -> tuple[Any, ...]:
             return (self._prefill_backlog, *self._transfer_backlogs, *self._generate_backlogs.values())
 
         def open_requests(self) -> list[Any]:
-            """Requests queued or decoding (best effort: read while the driver's threads run)."""
-            queued = [r for q in self._queues() for r in list(q.queue) if r is not None]
-            queued += [r for r in (self._in_prefill,) if r is not None]
-            return queued + [r for live in self._live_requests.values() for r in list(live.values())]
+            """Requests taken and not answered yet: queued, between two queues, or decoding."""
+            for key, request in list(self._placed.items()):
+                if _answered(request):
+                    self._placed.pop(key, None)
+            return list(self._placed.values())
 
         def load(self) -> dict[str, int]:
             """Requests queued and running (one per slot in use) and slots in all; approximate while running.
@@ -261,6 +270,13 @@ def _classes() -> tuple[type, type, type]:
 
 class ShuttingDownError(RuntimeError):
     """The server is stopping: the request was not (or will not be) completed."""
+
+
+def _answered(request: Any) -> bool:
+    """Whether a request's channel was closed or failed (JetStream's AsyncMultifuture; one without `done` is
+    counted open until the driver drops it)."""
+    done = getattr(request.return_channel, "done", None)
+    return request.return_channel is None or (done is not None and done())
 
 
 def _cancelled(request: Any) -> bool:

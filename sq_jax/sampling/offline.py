@@ -16,6 +16,10 @@ class _ReturnChannel:
     def __init__(self, index: int, request: Request, done: Callable[[int, Completion], None]):
         self.index, self.request, self._done = index, request, done
         self.token_ids: list[int] = []
+        self._answered = False
+
+    def done(self) -> bool:  # AsyncMultifuture's: the driver forgets answered requests by it
+        return self._answered
 
     def add_result(self, samples: list) -> None:
         self.token_ids.extend(samples[0].token_ids)
@@ -23,9 +27,11 @@ class _ReturnChannel:
     def close(self) -> None:
         limit = self.request.sampling.max_tokens
         reason = "length" if len(self.token_ids) >= limit else "stop"
+        self._answered = True
         self._done(self.index, Completion(self._id(), self.token_ids[:limit], reason))
 
     def set_exception(self, error: BaseException) -> None:
+        self._answered = True
         self._done(self.index, Completion(self._id(), [], "error", f"{type(error).__name__}: {error}"))
 
     def _id(self) -> object:

@@ -32,7 +32,7 @@ def notebook_run(tmp_path_factory, shared_data):
     with pytest.MonkeyPatch.context() as patch:  # the kernel inherits this process's environment
         for key, value in env.items():
             patch.setenv(key, value)
-        NotebookClient(nb, timeout=1500, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+        NotebookClient(nb, timeout=3000, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     return run_dir, nb
 
 

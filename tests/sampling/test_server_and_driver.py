@@ -168,6 +168,45 @@ def test_a_cancelled_request_frees_its_slot_at_the_next_decode_block(engine):
         driver.stop()
 
 
+def test_a_request_held_between_two_queues_is_still_open_for_a_shutdown_to_fail(engine, monkeypatch):
+    """The generate thread holds a request while it inserts it (seconds when the insert compiles on a loaded
+    machine), outside every queue and before its slot is known: a SIGTERM then must still fail it, not leave its
+    client's stream to be cut without an error."""
+    from sq_jax.sampling.jetstream_compat import jetstream, make_driver
+    from sq_jax.sampling.offline import _ReturnChannel
+
+    js = jetstream()
+    inserting, release = threading.Event(), threading.Event()
+    real_insert = type(engine).insert
+
+    def slow_insert(self, *args, **kwargs):
+        inserting.set()
+        release.wait(timeout=30)
+        return real_insert(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(engine), "insert", slow_insert)
+    driver = make_driver(engine)
+    try:
+        finished = []
+        request = Request([5, 6, 7], SamplingParams(temperature=0.0, max_tokens=8))
+        active = js.orchestrator.ActiveRequest(
+            max_tokens=8, return_channel=_ReturnChannel(0, request, lambda i, c: finished.append(c)),
+            prefill_content=[5, 6, 7], history_path=json.dumps({"sq_jax": {"temperature": 0.0}}),
+            is_client_side_tokenization=True)
+        driver.place_request_on_prefill_queue(active)
+        assert inserting.wait(timeout=60)
+        assert driver.open_requests() == [active]  # held by the generate thread, in no queue and no slot
+        release.set()
+        deadline = time.monotonic() + 60
+        while not finished:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert finished[0].finish_reason == "length" and driver.open_requests() == []
+    finally:
+        release.set()
+        driver.stop()
+
+
 def _wait_healthy(served: Served) -> None:
     deadline = time.time() + 120
     while True:
@@ -445,7 +484,7 @@ def test_tiny_pipeline_runs_its_optimiser_through_sq_jax_serve(served, tmp_path,
 
 def test_eval_answers_through_sq_jax_serve(served, tmp_path):
     from sq_jax.eval.runner import EvalConfig, _prompt_rows, load_items, run_eval
-    from sq_jax.prompts.solver import SOLVER_INSTRUCTION
+    from sq_jax.models.tokenizer import SOLVER_INSTRUCTION
     from sq_jax.sampling.generate_job import request_seed
 
     _wait_healthy(served)
