@@ -5,9 +5,10 @@ official `openai` async client on 127.0.0.1, against the offline driver's throug
     python benchmarks/serve_load.py --model DIR --requests 200 --max-tokens 64
 
 The server runs as a subprocess (`sq-jax serve`, loopback only); the offline driver runs the same engine requests
-(same prompts, seeds, max_tokens) in this process before the server starts and again after it has stopped, so the
-two never share the CPU, and the server is compared with the faster of the two offline runs. The CPU seconds of
-the server process and of this process (the load generator) during the load are reported: on a small machine the
+(same prompts, seeds, max_tokens) in this process while the server idles, alternating with the server's loads
+(offline, server, offline, server, ...), and each load is compared with the mean of the offline runs on either
+side of it; the table has a row per round and the median. The CPU seconds of the server process and of this
+process (the load generator) during each load, and of each offline run, are reported: on a small machine the
 client's share is CPU the server did not have.
 Seeded sampling makes both produce the same tokens, so tokens/s compare like for like; the token streams are
 also checked to be equal. Bounded: every request has a timeout and the whole load a deadline.
@@ -128,8 +129,9 @@ class Offline:
         run_driver(self.engine, self.requests[:128])  # compile outside the clock, as the warmed-up server is
 
     def run(self) -> tuple[list[list[int]], float]:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_s()
         done = self._run(self.engine, self.requests, window=4 * self.settings.max_slots)
+        self.cpu_s = _cpu_s() - cpu
         return [c.token_ids for c in done], time.perf_counter() - start
 
 
@@ -137,11 +139,61 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def _row(results: list[dict], wall: float, cpu: tuple[float, float], offline: list[tuple[list, float, float]],
+         metrics: str) -> dict:
+    """One round: the server's load against the offline runs just before and after it (their mean)."""
+    valid = [r for r in results if not r["bad"]]
+    bad = [r for r in results if r["bad"]]
+    failures = [r["status"] for r in valid if r["status"] != 200]
+    served_tokens = [r["tokens"][j] for r in valid if r["status"] == 200 for j in sorted(r["tokens"])]
+    total = sum(len(t) for t in served_tokens)
+    stream_ttft = [r["ttft"] for r in valid if r["stream"] and r["status"] == 200]
+    offline_tps = [sum(map(len, tokens)) / w for tokens, w, _ in offline]
+    row = {
+        "requests": len(results), "valid": len(valid), "bad": len(bad),
+        "valid_failures": len(failures), "bad_answered_400": sum(r["status"] == 400 for r in bad),
+        "server_wall_s": wall, "requests_per_s": len(valid) / wall, "server_tokens_per_s": total / wall,
+        "offline_tokens_per_s": float(np.mean(offline_tps)), "offline_tokens_per_s_before_after": offline_tps,
+        "offline_cpu_s_before_after": [c for _, _, c in offline], "server_cpu_s": cpu[0], "client_cpu_s": cpu[1],
+        "cpu_s_available": wall * (os.cpu_count() or 1),
+        "ttft_p50_s": _pct(stream_ttft, 50), "ttft_p99_s": _pct(stream_ttft, 99),
+        "latency_p50_s": _pct([r["latency"] for r in valid], 50),
+        "latency_p99_s": _pct([r["latency"] for r in valid], 99),
+        "tokens_equal_offline": all(served_tokens == tokens for tokens, _, _ in offline), "generated_tokens": total,
+        "prefix_hits_total": next((line.split()[-1] for line in metrics.splitlines()
+                                   if line.startswith("sq_jax_prefix_hits_total")), None),
+        "load_average": os.getloadavg(),
+    }
+    row["server_vs_offline"] = row["server_tokens_per_s"] / row["offline_tokens_per_s"]
+    if failures:
+        row["failure_statuses"] = sorted(set(map(str, failures)))
+    return row
+
+
+def _print_table(rows: list[dict]) -> None:
+    print("\n| round | requests (valid / bad) | valid failed | bad -> 400 | req/s | TTFT p50 / p99 (stream) | "
+          "latency p50 / p99 | tokens/s served | tokens/s offline (before / after) | served / offline | "
+          "same tokens | CPU s server / client / wall x cores |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for i, row in enumerate(rows, 1):
+        before, after = row["offline_tokens_per_s_before_after"]
+        print(f"| {i} | {row['requests']} ({row['valid']} / {row['bad']}) | {row['valid_failures']} | "
+              f"{row['bad_answered_400']} / {row['bad']} | {row['requests_per_s']:.1f} | "
+              f"{row['ttft_p50_s']:.2f} / {row['ttft_p99_s']:.2f} s | {row['latency_p50_s']:.2f} / "
+              f"{row['latency_p99_s']:.2f} s | {row['server_tokens_per_s']:.0f} | {before:.0f} / {after:.0f} | "
+              f"{row['server_vs_offline']:.2f} | {row['tokens_equal_offline']} | "
+              f"{row['server_cpu_s']:.0f} / {row['client_cpu_s']:.0f} / {row['cpu_s_available']:.0f} |")
+    print(f"\nmedian served / offline over {len(rows)} rounds: "
+          f"{float(np.median([r['server_vs_offline'] for r in rows])):.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model dir (default: a fresh tiny model)")
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="server loads, each between two offline runs (offline, server, offline, server, ...)")
     parser.add_argument("--timeout", type=float, default=1200.0,
                         help="seconds per request (all 1,000 are sent at once: the last wait for the whole load)")
     parser.add_argument("--deadline", type=float, default=1500.0, help="seconds for the whole load")
@@ -161,7 +213,6 @@ def main() -> None:
     reqs = plan(args.requests, prompts, seed=0)
 
     bench = Offline(model, reqs, args.max_tokens)
-    offline_tokens, offline_before = bench.run()
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "SQ_JAX_API_KEY"}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
@@ -169,57 +220,28 @@ def main() -> None:
            "--http-port", str(port), "--served-model-name", "tiny", "--max-tokens", str(args.max_tokens), *SERVE]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     base = f"http://127.0.0.1:{port}/v1"
+    rows = []
     try:
         print(proc.stdout.readline().strip(), file=sys.stderr)
         warm = [dict(r, stream=False) for r in reqs if not r.get("bad")][:128]
         asyncio.run(load(base, warm, args.max_tokens, args.timeout, args.deadline))  # compile outside the clock
-        server_cpu, client_cpu = _cpu_s(proc.pid), _cpu_s()
-        results, wall = asyncio.run(load(base, reqs, args.max_tokens, args.timeout, args.deadline))
-        server_cpu, client_cpu = _cpu_s(proc.pid) - server_cpu, _cpu_s() - client_cpu
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+        # The idle server only waits on its queues, so the offline runs between its loads have the CPU to
+        # themselves; alternating cancels the machine's drift (offline alone varied 10-20% run to run).
+        offline = [(*bench.run(), bench.cpu_s)]
+        for _ in range(args.rounds):
+            server_cpu, client_cpu = _cpu_s(proc.pid), _cpu_s()
+            results, wall = asyncio.run(load(base, reqs, args.max_tokens, args.timeout, args.deadline))
+            cpu = (_cpu_s(proc.pid) - server_cpu, _cpu_s() - client_cpu)
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+            offline.append((*bench.run(), bench.cpu_s))
+            rows.append(_row(results, wall, cpu, offline[-2:], metrics))
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    offline_again, offline_after = bench.run()
-    offline_wall = min(offline_before, offline_after)
-
-    valid = [r for r in results if not r["bad"]]
-    bad = [r for r in results if r["bad"]]
-    failures = [r["status"] for r in valid if r["status"] != 200]
-    served_tokens = [r["tokens"][j] for r in valid if r["status"] == 200 for j in sorted(r["tokens"])]
-    total = sum(len(t) for t in served_tokens)
-    stream_ttft = [r["ttft"] for r in valid if r["stream"] and r["status"] == 200]
-    row = {
-        "requests": len(results), "valid": len(valid), "bad": len(bad),
-        "valid_failures": len(failures), "bad_answered_400": sum(r["status"] == 400 for r in bad),
-        "server_wall_s": wall, "requests_per_s": len(valid) / wall, "server_tokens_per_s": total / wall,
-        "offline_wall_s": offline_wall, "offline_tokens_per_s": sum(map(len, offline_tokens)) / offline_wall,
-        "offline_wall_before_after_s": [offline_before, offline_after],
-        "server_cpu_s": server_cpu, "client_cpu_s": client_cpu, "cpu_s_available": wall * (os.cpu_count() or 1),
-        "ttft_p50_s": _pct(stream_ttft, 50), "ttft_p99_s": _pct(stream_ttft, 99),
-        "latency_p50_s": _pct([r["latency"] for r in valid], 50),
-        "latency_p99_s": _pct([r["latency"] for r in valid], 99),
-        "tokens_equal_offline": served_tokens == offline_tokens == offline_again, "generated_tokens": total,
-        "prefix_hits": next((line.split()[-1] for line in metrics.splitlines()
-                             if line.startswith("sq_jax_prefix_hits_total")), None),
-        "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-    }
-    row["server_vs_offline"] = row["server_tokens_per_s"] / row["offline_tokens_per_s"]
-    if failures:
-        row["failure_statuses"] = sorted(set(map(str, failures)))
-    print(json.dumps(row, indent=2))
-    print("\n| requests (valid / bad) | valid failed | bad -> 400 | req/s | TTFT p50 / p99 (stream) | "
-          "latency p50 / p99 | tokens/s served | tokens/s offline | served / offline | same tokens | "
-          "CPU s server / client / wall x cores |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {row['requests']} ({row['valid']} / {row['bad']}) | {row['valid_failures']} | "
-          f"{row['bad_answered_400']} / {row['bad']} | {row['requests_per_s']:.1f} | "
-          f"{row['ttft_p50_s']:.2f} / {row['ttft_p99_s']:.2f} s | {row['latency_p50_s']:.2f} / "
-          f"{row['latency_p99_s']:.2f} s | {row['server_tokens_per_s']:.0f} | {row['offline_tokens_per_s']:.0f} | "
-          f"{row['server_vs_offline']:.2f} | {row['tokens_equal_offline']} | "
-          f"{server_cpu:.0f} / {client_cpu:.0f} / {row['cpu_s_available']:.0f} |")
+    print(json.dumps(rows, indent=2))
+    _print_table(rows)
     if args.json:
-        Path(args.json).write_text(json.dumps(row, indent=2))
+        Path(args.json).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
