@@ -79,8 +79,8 @@ _TOKENIZER = []
 def tiny_tokenizer():
     """The tiny default's byte-level BPE (for detokenization timing and the JetStream engine's tokenizer hook)."""
     if not _TOKENIZER:
-        from sq_jax.data.procedural import generate_problems
-        from sq_jax.models.tiny_tokenizer import train_tiny_tokenizer
+        from sq_jax.toy.problems import generate_problems
+        from sq_jax.toy.tokenizer import train_tiny_tokenizer
 
         _TOKENIZER.append(train_tiny_tokenizer([p.question for p in generate_problems(2000)]))
     return _TOKENIZER[0]

@@ -39,7 +39,7 @@ def write_questions(folder: Path, count: int, seed: int = 0) -> None:
 
 def run_one(work: Path, mode: str, processes: int) -> dict:
     from sq_jax.configlib import from_dict
-    from sq_jax.models.tokenizer import get_prompt_format
+    from sq_jax.prompts.formats import get_prompt_format
     from sq_jax.sampling.generate_job import GenerateConfig, build_prompts, count_prompts, iter_shards
 
     cfg = from_dict(GenerateConfig, {"model": "unused", "output_dir": str(work / "out"), "shard_size": 1000,

@@ -105,9 +105,9 @@ def format_timeline(points: list[dict]) -> str:
 
 def run_one(work: Path, rows: int) -> dict:
     """The stage on `rows` responses, in this process (called in a fresh subprocess per size)."""
-    from sq_jax.models.tiny import build_tiny
     from sq_jax.pipeline.stages import StageContext
     from sq_jax.pipeline.stages.scored import RewardConfig, reward
+    from sq_jax.toy.tiny import build_tiny
 
     model = build_tiny(work / "tiny") if not (work / "tiny" / "config.json").exists() else work / "tiny"
     upstream = work / f"responses-{rows}"

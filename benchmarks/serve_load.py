@@ -116,12 +116,12 @@ class Offline:
         from sq_jax.sampling.loop import Request
         from sq_jax.sampling.offline import run_driver
         from sq_jax.sampling.sampling import SamplingParams
-        from sq_jax.sampling.server import EngineSettings, build_engine
+        from sq_jax.sampling.engine_factory import EngineSettings, build_engine
 
         self.settings = EngineSettings(max_slots=64, max_cache_length=512, max_prefill_length=384, decode_steps=8,
                                        dtype="float32", mesh_tensor=1, mesh_fsdp=1)
-        self.engine = build_engine(model, self.settings, SamplingParams(max_tokens=max_tokens))
-        tok = self.engine.hf_tokenizer
+        loaded = build_engine(model, self.settings, SamplingParams(max_tokens=max_tokens))
+        self.engine, tok = loaded.engine, loaded.tokenizer
         self.requests = [Request(tok(r["prompt"], add_special_tokens=False)["input_ids"],
                                  SamplingParams(temperature=1.0, top_p=0.95, max_tokens=max_tokens, seed=r["seed"] + j))
                          for r in reqs if not r.get("bad") for j in range(r["n"])]
@@ -200,11 +200,11 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args()
 
-    from sq_jax.models.tokenizer import PROMPT_FORMATS
+    from sq_jax.prompts.formats import PROMPT_FORMATS
 
     model = args.model
     if model is None:
-        from sq_jax.models.tiny import build_tiny
+        from sq_jax.toy.tiny import build_tiny
 
         model = str(build_tiny(Path(tempfile.mkdtemp()) / "tiny"))
     fmt = PROMPT_FORMATS["qwen"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def _init_tiny(args: argparse.Namespace) -> None:
-    from sq_jax.models.tiny import build_tiny
+    from sq_jax.toy.tiny import build_tiny
 
     out = build_tiny(args.out_dir, seed=args.seed, vocab_size=args.vocab_size)
     print(f"tiny model written to {out}")
@@ -26,9 +26,8 @@ def _convert(args: argparse.Namespace) -> None:
 
 def _sample(args: argparse.Namespace) -> None:
     from sq_jax.models.hf_io import load_pretrained, resolve_model_dir
-    from sq_jax.models.tokenizer import (
-        detect_prompt_format, encode_prompt, get_prompt_format, load_tokenizer, stop_token_ids,
-    )
+    from sq_jax.models.tokenizer import detect_prompt_format, encode_prompt, load_tokenizer, stop_token_ids
+    from sq_jax.prompts.formats import get_prompt_format
     from sq_jax.sampling.simple import generate
 
     model_dir = resolve_model_dir(args.model)
@@ -64,31 +63,65 @@ def _train(args: argparse.Namespace) -> None:
                       "eval": result.eval_metrics, "output_dir": str(result.output_dir), "data": result.data_stats}))
 
 
+# `sq-jax eval` flags: shorthands for EvalConfig keys (flag name -> dotted key). A flag given sets its key over the
+# config file's; `a.b=c` overrides win over both; a key set nowhere keeps EvalConfig's default.
+_EVAL_FLAGS = {
+    "model": "model", "output_dir": "output_dir", "benchmarks": "benchmarks", "data_dir": "data_dir",
+    "limit": "limit", "samples": "samples", "temperature": "temperature", "top_p": "top_p",
+    "max_tokens": "max_tokens", "seed": "seed", "backend": "backend", "base_url": "base_url",
+    "api_key_env": "api_key_env", "grade_workers": "grade_workers", "grade_timeout": "grade_timeout_s",
+    "max_slots": "engine.max_slots", "max_cache_length": "engine.max_cache_length",
+    "max_prefill_length": "engine.max_prefill_length", "dtype": "engine.dtype", "format": "engine.prompt_format",
+    "mesh_tensor": "engine.mesh_tensor", "mesh_fsdp": "engine.mesh_fsdp",
+}
+_EVAL_OUTPUT_DIR = "runs/eval"
+
+
+def _eval_flag_values(args: argparse.Namespace) -> dict[str, object]:
+    """Dotted key -> value of every eval flag given on the command line."""
+    values = {key: getattr(args, flag) for flag, key in _EVAL_FLAGS.items() if getattr(args, flag) is not None}
+    if "benchmarks" in values:
+        values["benchmarks"] = [b.strip() for b in values["benchmarks"].split(",") if b.strip()]
+    if args.truncate_prompts:
+        values["engine.overlong_prompt"] = "truncate_left"
+    return values
+
+
+def _config_data(args: argparse.Namespace, flags: dict[str, object], default_engine: dict | None = None,
+                 ) -> tuple[dict, str]:
+    """The YAML (optional) with the given flags over it and the `a.b=c` overrides over both; (data, where)."""
+    from sq_jax.configlib import apply_overrides, load_yaml
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not Path(config).is_file():  # no file: the first override
+        config, overrides = None, [config, *overrides]
+    data = load_yaml(config) if config is not None else {}
+    if default_engine is not None and any(k.startswith("engine.") for k in flags) \
+            and not isinstance(data.get("engine"), dict):
+        data["engine"] = default_engine  # an engine flag changes the command's engine default, not EngineSettings'
+    # A flag's value is written as JSON, which the override parser reads back unchanged (a path stays a string).
+    data = apply_overrides(data, [f"{key}={json.dumps(value)}" for key, value in flags.items()] + overrides)
+    return data, config or "<command line>"
+
+
 def _eval(args: argparse.Namespace) -> None:
-    from sq_jax.eval.runner import EvalConfig, regrade, run_eval
-    from sq_jax.sampling.server import EngineSettings
+    from sq_jax.configlib import from_dict, to_dict
+    from sq_jax.eval.runner import EVAL_ENGINE, EvalConfig, regrade, run_eval
 
     if args.regrade:
         summary = regrade(args.regrade, args.diff, data_dir=args.data_dir, workers=args.grade_workers,
-                          timeout_s=args.grade_timeout)
+                          timeout_s=5.0 if args.grade_timeout is None else args.grade_timeout)
         print(json.dumps(summary, indent=2))
         return
-    if not args.model:
-        raise ValueError("--model is required (unless --regrade SAMPLES)")
-
-    engine = EngineSettings(max_slots=args.max_slots, max_cache_length=args.max_cache_length,
-                            max_prefill_length=args.max_prefill_length, dtype=args.dtype, prompt_format=args.format,
-                            overlong_prompt="truncate_left" if args.truncate_prompts else "error",
-                            mesh_tensor=args.mesh_tensor, mesh_fsdp=args.mesh_fsdp)
-    benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
-    cfg = EvalConfig(model=args.model, output_dir=args.output_dir, benchmarks=benchmarks, data_dir=args.data_dir,
-                     limit=args.limit, samples=args.samples, temperature=args.temperature, top_p=args.top_p,
-                     max_tokens=args.max_tokens, seed=args.seed, engine=engine, backend=args.backend,
-                     grade_workers=args.grade_workers, grade_timeout_s=args.grade_timeout,
-                     base_url=args.base_url, api_key_env=args.api_key_env)
+    data, where = _config_data(args, _eval_flag_values(args), to_dict(EVAL_ENGINE))
+    data.setdefault("output_dir", _EVAL_OUTPUT_DIR)
+    if data.get("model") is None:
+        raise ValueError("a model is required: --model M, model=M or the config's `model` key "
+                         "(unless --regrade SAMPLES)")
+    cfg = from_dict(EvalConfig, data, where=where)
     report = run_eval(cfg)
-    print((Path(args.output_dir) / "report.md").read_text())
-    print(json.dumps({"output_dir": args.output_dir, "metrics": report["metrics"]}))
+    print((Path(cfg.output_dir) / "report.md").read_text())
+    print(json.dumps({"output_dir": cfg.output_dir, "metrics": report["metrics"]}))
 
 
 def _pipeline(args: argparse.Namespace) -> None:
@@ -130,30 +163,43 @@ def _generate(args: argparse.Namespace) -> None:
                       "stats": manifest["stats"]}))
 
 
+# `sq-jax serve` flags: shorthands for ServeConfig keys, as for eval.
+_SERVE_FLAGS = {
+    "model": "model", "host": "host", "port": "grpc_port", "http_port": "http_port",
+    "served_model_name": "served_model_name", "api_key_env": "api_key_env", "max_queue": "max_queue",
+    "shutdown_grace": "shutdown_grace_s", "max_slots": "engine.max_slots",
+    "max_cache_length": "engine.max_cache_length", "max_prefill_length": "engine.max_prefill_length",
+    "decode_steps": "engine.decode_steps", "overlong_prompt": "engine.overlong_prompt", "dtype": "engine.dtype",
+    "format": "engine.prompt_format", "temperature": "sampling.temperature", "top_p": "sampling.top_p",
+    "top_k": "sampling.top_k", "max_tokens": "sampling.max_tokens",
+}
+
+
+def serve_config(args: argparse.Namespace):  # -> ServeConfig (the server module loads with the command)
+    """The checked ServeConfig of `sq-jax serve`'s command line."""
+    from sq_jax.configlib import from_dict
+    from sq_jax.sampling.server import ServeConfig
+
+    flags = {key: getattr(args, flag) for flag, key in _SERVE_FLAGS.items() if getattr(args, flag) is not None}
+    data, where = _config_data(args, flags)
+    if data.get("model") is None:
+        raise ValueError("a model is required: --model M, model=M or the config's `model` key")
+    return from_dict(ServeConfig, data, where=where)
+
+
 def _serve(args: argparse.Namespace) -> None:
     import os
 
-    from sq_jax.sampling.sampling import SamplingParams
-    from sq_jax.sampling.server import EngineSettings, FrontSettings, Server, build_engine, serve_forever
+    from sq_jax.sampling.engine_factory import build_engine
+    from sq_jax.sampling.server import Server, serve_forever
 
-    settings = EngineSettings(
-        max_slots=args.max_slots, max_cache_length=args.max_cache_length,
-        max_prefill_length=args.max_prefill_length, decode_steps=args.decode_steps,
-        overlong_prompt=args.overlong_prompt, dtype=args.dtype, prompt_format=args.format,
-    )
-    default = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                             max_tokens=args.max_tokens)
-    fronts = FrontSettings(
-        host=args.host, grpc_port=args.port or None, http_port=args.http_port or None,
-        model_name=args.served_model_name or Path(args.model.rstrip("/")).name,
-        api_key=os.environ.get(args.api_key_env) or None, max_queue=args.max_queue,
-        shutdown_grace_s=args.shutdown_grace,
-    )
-    server = Server(build_engine(args.model, settings, default), fronts)
-    where = [f"gRPC on {server.grpc_address}"] * bool(server.grpc_address)
-    where += [f"OpenAI HTTP on http://{server.http_address}/v1"] * bool(server.http_address)
-    print(f"sq-jax serving {args.model} ({fronts.model_name}): {', '.join(where)}"
-          + (f"; API key from ${args.api_key_env}" if fronts.api_key else ""), flush=True)
+    cfg = serve_config(args)
+    fronts = cfg.fronts(os.environ)
+    server = Server(build_engine(cfg.model, cfg.engine, cfg.default_sampling()), fronts)
+    where_served = [f"gRPC on {server.grpc_address}"] * bool(server.grpc_address)
+    where_served += [f"OpenAI HTTP on http://{server.http_address}/v1"] * bool(server.http_address)
+    print(f"sq-jax serving {cfg.model} ({fronts.model_name}): {', '.join(where_served)}"
+          + (f"; API key from ${cfg.api_key_env}" if fronts.api_key else ""), flush=True)
     serve_forever(server)
 
 
@@ -206,61 +252,72 @@ def build_parser() -> argparse.ArgumentParser:
                    help="delete the shards an earlier run left in output_dir and generate every one again")
     p.set_defaults(func=_generate)
 
-    p = sub.add_parser("eval", help="accuracy on GSM8K / MATH-500 / College Math / OlympiadBench (greedy, graded)")
-    p.add_argument("--model", help="HF model dir or hub id, or an sq-jax native checkpoint")
+    p = sub.add_parser("eval", help="accuracy on GSM8K / MATH-500 / College Math / OlympiadBench (greedy, graded): "
+                                    "an EvalConfig YAML and/or a.b=c overrides; the flags set the same keys")
+    p.add_argument("config", nargs="?", default=None, help="an EvalConfig YAML (optional)")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. limit=20 engine.max_slots=32")
+    p.add_argument("--model", help="HF model dir or hub id, or an sq-jax native checkpoint (key: model)")
     p.add_argument("--regrade", metavar="SAMPLES", default=None,
                    help="grade a saved samples.jsonl again with the current grader; write the changed verdicts")
     p.add_argument("--diff", default=None, help="with --regrade: the diff file (default: beside SAMPLES)")
-    p.add_argument("--benchmarks", default="gsm8k,math500,college_math,olympiadbench",
-                   help="comma-separated: gsm8k, math, math500, college_math, olympiadbench, jsonl:PATH")
-    p.add_argument("--output-dir", default="runs/eval")
+    p.add_argument("--benchmarks", default=None,
+                   help="comma-separated: gsm8k, math, math500, college_math, olympiadbench, jsonl:PATH "
+                        "(default gsm8k,math500,college_math,olympiadbench)")
+    p.add_argument("--output-dir", default=None, help=f"default {_EVAL_OUTPUT_DIR}")
     p.add_argument("--data-dir", default=None, help="read <DIR>/<benchmark>/test.jsonl instead of the hub")
     p.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark")
-    p.add_argument("--samples", type=int, default=1, help="k answers per question: adds pass@k and maj@k")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-tokens", type=int, default=2048)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-slots", type=int, default=64)
-    p.add_argument("--max-cache-length", type=int, default=4096)
-    p.add_argument("--max-prefill-length", type=int, default=2048)
+    p.add_argument("--samples", type=int, default=None, help="k answers per question: adds pass@k and maj@k (1)")
+    p.add_argument("--temperature", type=float, default=None, help="default 0.0")
+    p.add_argument("--top-p", type=float, default=None, help="default 1.0")
+    p.add_argument("--max-tokens", type=int, default=None, help="default 2048")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--max-slots", type=int, default=None, help="default 64")
+    p.add_argument("--max-cache-length", type=int, default=None, help="default 4096")
+    p.add_argument("--max-prefill-length", type=int, default=None, help="default 2048")
     p.add_argument("--truncate-prompts", action="store_true", help="cut overlong prompts on the left, not fail them")
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default=None, help="default bfloat16")
     p.add_argument("--format", default=None, help="prompt format; default: detected from the tokenizer")
-    p.add_argument("--backend", choices=("jetstream", "raw"), default="jetstream")
+    p.add_argument("--backend", choices=("jetstream", "raw"), default=None, help="default jetstream")
     p.add_argument("--base-url", default=None, help="answers from this OpenAI-compatible server (e.g. "
                    "http://127.0.0.1:8000/v1 of sq-jax serve); --model is then the name it serves")
-    p.add_argument("--api-key-env", default="SQ_JAX_API_KEY", help="with --base-url: the API key's variable")
-    p.add_argument("--mesh-tensor", type=int, default=-1,
-                   help="tensor-parallel size (-1: the devices fsdp leaves); must divide the model's kv heads")
-    p.add_argument("--mesh-fsdp", type=int, default=1, help="parameter-sharding size (-1: the devices tensor leaves)")
+    p.add_argument("--api-key-env", default=None, help="with --base-url: the API key's variable (SQ_JAX_API_KEY)")
+    p.add_argument("--mesh-tensor", type=int, default=None,
+                   help="tensor-parallel size (-1, the default: the devices fsdp leaves); must divide the model's "
+                        "kv heads")
+    p.add_argument("--mesh-fsdp", type=int, default=None,
+                   help="parameter-sharding size (default 1; -1: the devices tensor leaves)")
     p.add_argument("--grade-workers", type=int, default=None, help="grading processes (default: one per CPU)")
-    p.add_argument("--grade-timeout", type=float, default=5.0, help="seconds per answer before it is graded wrong")
+    p.add_argument("--grade-timeout", type=float, default=None,
+                   help="seconds per answer before it is graded wrong (default 5)")
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("serve", help="JetStream gRPC and OpenAI-compatible HTTP server over a model")
-    p.add_argument("--model", required=True)
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; 0.0.0.0 / [::] to expose)")
-    p.add_argument("--port", type=int, default=9000, help="gRPC (JetStream protocol) port; 0: no gRPC")
-    p.add_argument("--http-port", type=int, default=8000, help="OpenAI-compatible HTTP port; 0: no HTTP")
+    p = sub.add_parser("serve", help="JetStream gRPC and OpenAI-compatible HTTP server over a model",
+                       description="serve a ServeConfig YAML and/or a.b=c overrides; the flags set the same keys "
+                                   "(defaults: sq_jax.sampling.server.ServeConfig)")
+    p.add_argument("config", nargs="?", default=None, help="a ServeConfig YAML (optional)")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. engine.max_slots=32 http_port=8001")
+    p.add_argument("--model", default=None)
+    p.add_argument("--host", default=None, help="bind address (default loopback; 0.0.0.0 / [::] to expose)")
+    p.add_argument("--port", type=int, default=None, help="gRPC (JetStream protocol) port (9000); 0: no gRPC")
+    p.add_argument("--http-port", type=int, default=None, help="OpenAI-compatible HTTP port (8000); 0: no HTTP")
     p.add_argument("--served-model-name", default=None, help="the `model` HTTP clients ask for (default: "
-                   "the model directory's name)")
-    p.add_argument("--api-key-env", default="SQ_JAX_API_KEY",
-                   help="environment variable holding the HTTP API key (Authorization: Bearer); unset: no key")
-    p.add_argument("--max-queue", type=int, default=1024, help="requests waiting for prefill before 429")
-    p.add_argument("--shutdown-grace", type=float, default=2.0,
-                   help="seconds open requests get to finish on SIGTERM before they are failed")
-    p.add_argument("--max-slots", type=int, default=64)
-    p.add_argument("--max-cache-length", type=int, default=2048)
-    p.add_argument("--max-prefill-length", type=int, default=1024)
-    p.add_argument("--decode-steps", type=int, default=8)
-    p.add_argument("--overlong-prompt", choices=("error", "truncate_left"), default="error")
-    p.add_argument("--dtype", default="bfloat16")
+                   "the model folder's name)")
+    p.add_argument("--api-key-env", default=None,
+                   help="environment variable holding the HTTP API key (SQ_JAX_API_KEY); unset: no key asked")
+    p.add_argument("--max-queue", type=int, default=None, help="requests waiting for prefill before 429 (1024)")
+    p.add_argument("--shutdown-grace", type=float, default=None,
+                   help="seconds open requests get to finish on SIGTERM (2)")
+    p.add_argument("--max-slots", type=int, default=None)
+    p.add_argument("--max-cache-length", type=int, default=None)
+    p.add_argument("--max-prefill-length", type=int, default=None)
+    p.add_argument("--decode-steps", type=int, default=None)
+    p.add_argument("--overlong-prompt", choices=("error", "truncate_left"), default=None)
+    p.add_argument("--dtype", default=None)
     p.add_argument("--format", default=None)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--max-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=None)
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("sample", help="quick sampling from a model: questions from the pre-query template, or a solution")
@@ -288,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Before any JAX computation: tpu/run.sh exports SQ_JAX_DISTRIBUTED=1 on every worker of a slice.
         from sq_jax.parallel.distributed import initialize, settings_from_env
+        from sq_jax.toy.corpora import register as register_toy_corpora
 
+        register_toy_corpora()  # the `procedural:...` sources a command's config may name
         settings = settings_from_env()
         if settings is not None:
             initialize(settings)

@@ -265,3 +265,11 @@ def config_hash(obj: Any) -> str:
     """Stable short id of a config (first 16 hex of sha256 over canonical JSON), for run dirs and caches."""
     canon = json.dumps(to_dict(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def fill(cls: type[T], template: Any, **values: Any) -> T:
+    """A `cls` from `template`, an instance of a dataclass derived from `cls` that leaves some of its fields open
+    (a pipeline stage's config: the job's config less the paths the stage fills in), with `values` set."""
+    if not isinstance(template, cls):
+        raise TypeError(f"fill({cls.__name__}, ...) expects a {cls.__name__} template, got {type(template).__name__}")
+    return cls(**{f.name: getattr(template, f.name) for f in dataclasses.fields(cls) if f.init} | values)

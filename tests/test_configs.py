@@ -9,11 +9,12 @@ import pytest
 from sq_jax.configlib import load_config
 from sq_jax.pipeline.config import PipelineConfig, load_pipeline
 from sq_jax.sampling.generate_job import GenerateConfig
+from sq_jax.sampling.server import ServeConfig
 from sq_jax.train.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 KINDS = {"qft": TrainConfig, "sft": TrainConfig, "qpo": TrainConfig, "generate": GenerateConfig,
-         "pipeline": PipelineConfig}
+         "pipeline": PipelineConfig, "serve": ServeConfig}
 
 
 def test_every_config_folder_has_a_loader():

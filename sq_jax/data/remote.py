@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import fsspec
+
 __all__ = ["fetched", "is_url", "upload"]
 
 
@@ -25,8 +27,6 @@ def is_url(spec: object) -> bool:
 @contextmanager
 def fetched(url: str) -> Iterator[Path]:
     """The file or folder at `url`, downloaded to a temporary local path for the duration of the block."""
-    import fsspec
-
     try:
         fs, root = fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as e:  # an unknown scheme, or its filesystem package is not installed
@@ -47,8 +47,6 @@ def fetched(url: str) -> Iterator[Path]:
 
 def upload(local: str | Path, url: str) -> str:
     """Copy a local file or folder tree to `url` (its contents land under it); returns the URL."""
-    import fsspec
-
     fs, root = fsspec.core.url_to_fs(url)
     local = Path(local)
     if local.is_dir():

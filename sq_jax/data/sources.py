@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import closing
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,8 @@ from typing import Any
 from sq_jax.data.dataset import write_part
 from sq_jax.data.remote import fetched, is_url
 
-__all__ = ["DataError", "Record", "read_records", "stream_records", "write_jsonl"]
+__all__ = ["DataError", "Record", "SchemeReader", "read_records", "register_scheme", "stream_records",
+           "write_jsonl"]
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
@@ -40,6 +41,26 @@ class Record:
     @property
     def where(self) -> str:
         return f"{self.source}:{self.line}"
+
+
+# Readers of specs `SCHEME:...` that other packages name their corpora with (the toy world's `procedural:`): the
+# generic reader knows none of them; a package registers its own (`sq_jax.toy` does when imported).
+SchemeReader = Callable[[str], Iterator[Record]]
+_SCHEMES: dict[str, SchemeReader] = {}
+_BUILT_IN_SCHEMES = ("hf",)
+
+
+def register_scheme(scheme: str, reader: SchemeReader) -> None:
+    """Read every spec `SCHEME:...` with `reader(spec)`, a generator of Records that name the spec as their source
+    (its errors, DataError, raised on iteration like a file's). Registering a scheme again replaces its reader."""
+    if scheme in _BUILT_IN_SCHEMES or not scheme.replace("-", "").isalnum():
+        raise ValueError(f"source scheme {scheme!r}: expected letters, digits and '-', other than {_BUILT_IN_SCHEMES}")
+    _SCHEMES[scheme] = reader
+
+
+def _registered_reader(spec: str) -> SchemeReader | None:
+    scheme, colon, _ = spec.partition(":")
+    return _SCHEMES.get(scheme) if colon else None
 
 
 def _iter_jsonl(path: Path) -> Generator[Record, None, None]:
@@ -66,6 +87,7 @@ def _iter_jsonl(path: Path) -> Generator[Record, None, None]:
 
 
 def _iter_parquet(path: Path, limit: int | None) -> Generator[Record, None, None]:
+    # Heavy, and needed only for Parquet: imported when a Parquet file is read.
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -93,7 +115,7 @@ def _is_saved_dataset(path: Path) -> bool:
 
 
 def _iter_saved(path: Path, split: str) -> Generator[Record, None, None]:
-    import datasets
+    import datasets  # heavy (seconds): only for `save_to_disk` folders and the hub
 
     try:
         ds = datasets.load_from_disk(str(path))
@@ -108,7 +130,7 @@ def _iter_saved(path: Path, split: str) -> Generator[Record, None, None]:
 
 
 def _iter_hub(name: str, config: str | None, split: str) -> Generator[Record, None, None]:
-    import datasets
+    import datasets  # heavy (seconds): only for `save_to_disk` folders and the hub
 
     label = f"hf:{name}" + (f":{config}" if config else "")
     try:
@@ -145,29 +167,6 @@ def _looks_local(spec: str) -> bool:
     )
 
 
-def _iter_procedural(spec: str) -> Generator[Record, None, None]:
-    """`procedural:COUNT[:SEED]`: the offline toy problems (the tiny default's seed set);
-    `procedural-pairs:COUNT[:SEED]`: toy preference pairs (solvable chosen, same scenario missing a quantity
-    rejected); `procedural-rewrites:COUNT[:SEED]`: chat SFT records teaching the tiny optimiser its rewrite."""
-    from sq_jax.data.procedural import iter_preference_pairs, iter_problems
-    from sq_jax.data.procedural_rewrites import iter_rewrite_examples
-
-    kind, *parts = spec.split(":")
-    try:
-        count, seed = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-        if len(parts) > 2 or count < 0:
-            raise ValueError
-    except (ValueError, IndexError):
-        raise DataError(f"{spec!r}: expected {kind}:COUNT[:SEED] with integers, COUNT >= 0") from None
-    streams = {"procedural-pairs": iter_preference_pairs, "procedural-rewrites": iter_rewrite_examples}
-    if kind in streams:
-        for line, row in zip(range(1, count + 1), streams[kind](seed)):
-            yield Record(row, spec, line)
-        return
-    for line, problem in zip(range(1, count + 1), iter_problems(seed)):
-        yield Record(problem.to_record(), spec, line)
-
-
 def _iter_url(url: str, split: str, limit: int | None) -> Generator[Record, None, None]:
     """A file or folder behind a URL (gs://...): fetched, read like a local one, sources named by the URL."""
     with fetched(url) as local:
@@ -181,8 +180,9 @@ def _iter_url(url: str, split: str, limit: int | None) -> Generator[Record, None
 
 
 def _iter_spec(spec: str | Path, split: str, limit: int | None) -> Generator[Record, None, None]:
-    if isinstance(spec, str) and spec.startswith(("procedural:", "procedural-pairs:", "procedural-rewrites:")):
-        return _iter_procedural(spec)
+    reader = _registered_reader(spec) if isinstance(spec, str) else None
+    if reader is not None:
+        return reader(spec)
     if isinstance(spec, str) and spec.startswith("hf:"):
         name, _, config = spec[3:].partition(":")
         if not name:
@@ -197,6 +197,11 @@ def _iter_spec(spec: str | Path, split: str, limit: int | None) -> Generator[Rec
         return _iter_file(path, limit)
     if isinstance(spec, str) and not _looks_local(spec) and spec.count("/") == 1:
         return _iter_hub(spec, None, split)
+    scheme, colon, _ = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    if colon and scheme.replace("-", "").isalnum() and len(scheme) > 1:
+        known = ", ".join(f"{name}:" for name in (*_BUILT_IN_SCHEMES, *sorted(_SCHEMES)))
+        raise DataError(f"{spec}: no such file or directory, and no source scheme {scheme!r} is registered "
+                        f"(known: {known})")
     raise DataError(f"{spec}: no such file or directory (use hf:NAME for a hub dataset)")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing as mp
 import os
+import resource
 import signal
 import time
 from collections import deque
@@ -21,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
+
+from tqdm import tqdm
 
 from sq_jax.eval.equivalence import answers_match, quick_match
 from sq_jax.eval.extract import extract_answer
@@ -54,8 +57,6 @@ def _worker_main(conn: Connection, memory_limit_mb: int | None) -> None:
     # Ctrl-C goes to the whole process group; the parent handles it and kills workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_limit_mb:
-        import resource
-
         limit = memory_limit_mb * 1024 * 1024
         # An address-space cap turns a runaway bignum into a MemoryError instead of an OOM-killed machine.
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -164,8 +165,6 @@ class GradingPool:
     ) -> None:
         bar = None
         if progress:
-            from tqdm import tqdm
-
             bar = tqdm(total=len(todo), desc="grading (symbolic)", unit="pair")
         while len(self._pool) < self.workers:
             self._pool.append(_Worker(self._ctx, self.memory_limit_mb))

@@ -11,14 +11,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sq_jax.models.tokenizer import SOLVER_INSTRUCTION
+from sq_jax.prompts.solver import SOLVER_INSTRUCTION
+from sq_jax.sampling.generate_job import request_seed
 
 
 def remote_outputs(cfg: Any, rows: list[dict[str, str]], concurrency: int = 16) -> dict[str, list[dict[str, Any]]]:
     """Outputs per prompt id, in sample order, from `cfg.base_url` serving `cfg.model` (an `EvalConfig`)."""
     import openai  # here: only this path needs the client
-
-    from sq_jax.sampling.generate_job import request_seed
 
     # A server started without a key takes any; the client insists on one.
     client = openai.OpenAI(base_url=cfg.base_url, api_key=os.environ.get(cfg.api_key_env) or "none",

@@ -23,9 +23,10 @@ from sq_jax.data.sources import read_records
 from sq_jax.eval.benchmarks import BenchmarkItem, benchmark_path, load_benchmark
 from sq_jax.eval.equivalence import normalize_answer
 from sq_jax.eval.grading import GradeRequest, grade_many
+from sq_jax.eval.remote import remote_outputs
 from sq_jax.parallel.distributed import is_lead, sync
+from sq_jax.sampling.engine_factory import EngineSettings
 from sq_jax.sampling.generate_job import GenerateConfig, PromptSection, SamplingSection, run_generate
-from sq_jax.sampling.server import EngineSettings
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ DEFAULT_BENCHMARKS = ("gsm8k", "math500", "college_math", "olympiadbench")
 PAPER = {"Qwen2-Math-7B + ScaleQuest": {"gsm8k": 89.7, "math": 73.4, "college_math": 50.0, "olympiadbench": 38.5}}
 OUTPUT_FIELDS = ("prompt_id", "sample", "output")  # what a generation shard row must carry
 KEPT_FIELDS = ("sample", "output", "prompt", "finish_reason")  # what grading and samples.jsonl read of it
+# Room for a benchmark prompt and a 2048-token answer; a config's own `engine` section replaces it whole.
+EVAL_ENGINE = EngineSettings(max_cache_length=4096, max_prefill_length=2048)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +52,7 @@ class EvalConfig:
     top_p: float = 1.0
     max_tokens: int = 2048
     seed: int = 0
-    engine: EngineSettings = dataclasses.field(
-        default_factory=lambda: EngineSettings(max_cache_length=4096, max_prefill_length=2048))
+    engine: EngineSettings = dataclasses.field(default_factory=lambda: EVAL_ENGINE)
     backend: Literal["jetstream", "raw"] = "jetstream"
     base_url: str | None = None  # an OpenAI-compatible server answers instead (`model` is then its model name)
     api_key_env: str = "SQ_JAX_API_KEY"
@@ -89,8 +91,6 @@ def _prompt_rows(items: dict[str, list[BenchmarkItem]]) -> list[dict[str, str]]:
 def _generate(cfg: EvalConfig, rows: list[dict[str, str]], collective: bool) -> dict[str, list[dict[str, Any]]]:
     """Outputs per prompt id (in sample order); generation resumes where a killed run stopped."""
     if cfg.base_url:
-        from sq_jax.eval.remote import remote_outputs
-
         return remote_outputs(cfg, rows)
     out = Path(cfg.output_dir)
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:12]

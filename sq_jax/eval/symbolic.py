@@ -46,6 +46,7 @@ def to_sympy(latex: str, timeout: int | None) -> Any:
     math-verify's `parse` is not used: when the LaTeX does not parse it falls back to the first number
     it can find, so "-3 b^{4}+23 b^{3}-" became -3 and matched any other answer starting with -3.
     """
+    # math-verify and sympy take seconds to import: only the grading workers' symbolic comparisons load them.
     from math_verify.errors import TimeoutException
     from math_verify.parser import LatexExtractionConfig, convert_to_pct, normalize_latex, parse_latex_cached
     from math_verify.utils import timeout as with_timeout
@@ -67,6 +68,7 @@ def compare_constants(gold: Any, pred: Any, gold_key: str, pred_key: str, timeou
 
     math-verify's `verify` rounds to 6 decimal places, so 1/10^9 "equals" 2/10^9 and 11.6e-24 equals 4.6e-24.
     """
+    # sympy and math-verify, slow to import, only where symbolic comparison runs (see `to_sympy`).
     import sympy
     from math_verify.errors import TimeoutException
     from math_verify.utils import timeout as with_timeout
@@ -107,6 +109,7 @@ def differ_at_a_point(a: Any, b: Any, timeout: int | None) -> bool:
     A sound shortcut for the common wrong answer (a changed coefficient): it saves math-verify's
     simplify, which costs most of the symbolic time. Anything it cannot evaluate is inconclusive.
     """
+    # sympy and math-verify, slow to import, only where symbolic comparison runs (see `to_sympy`).
     import sympy
     from math_verify.errors import TimeoutException
     from math_verify.utils import timeout as with_timeout
@@ -137,6 +140,7 @@ def differ_at_a_point(a: Any, b: Any, timeout: int | None) -> bool:
 
 
 def proportional(a: str, b: str, timeout_s: float | None) -> bool:
+    # sympy and math-verify, slow to import, only where symbolic comparison runs (see `to_sympy`).
     import sympy
     from math_verify.errors import TimeoutException
     from math_verify.utils import timeout as with_timeout

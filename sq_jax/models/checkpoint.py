@@ -18,7 +18,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from sq_jax.models.config import load_config, save_config
-from sq_jax.models.hf_io import load_pretrained, param_shardings, resolve_model_dir, save_pretrained
+from sq_jax.models.hf_io import load_pretrained, resolve_model_dir, save_pretrained
+from sq_jax.models.init import param_shardings
 from sq_jax.models.transformer import Transformer
 from sq_jax.parallel.sharding import MeshAxes
 
@@ -70,7 +71,6 @@ def load_native(
     with ocp.StandardCheckpointer() as ckptr:
         restored = ckptr.restore(model_dir / PARAMS_DIR, target)
     model = nnx.merge(graphdef, restored)
-    model.model_dir = model_dir
     return model
 
 

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sq_jax.configlib import ConfigError
+
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "internlm2")
 # `dynamic` (InternLM2's and Llama 2's dynamic NTK) changes the base only past `max_position_embeddings`: within it
 # it is default RoPE, which is all sq-jax computes (see `exact_length`).
@@ -28,10 +30,6 @@ _ARCHITECTURES = {
     ("internlm2", "lm"): "InternLM2ForCausalLM",
     ("internlm2", "score"): "InternLM2ForRewardModel",
 }
-
-
-class ConfigError(ValueError):
-    """A model config that sq-jax cannot run; the message names the file and key."""
 
 
 @dataclasses.dataclass(frozen=True)

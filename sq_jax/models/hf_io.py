@@ -20,18 +20,19 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from sq_jax.models.config import ModelConfig, load_config, save_config
+from sq_jax.models.init import ParamPath, init_model, param_shardings
 from sq_jax.models.tokenizer import looks_local
 from sq_jax.models.transformer import Transformer
-from sq_jax.parallel.sharding import MeshAxes, named_sharding
+from sq_jax.parallel.sharding import MeshAxes
 
 log = logging.getLogger(__name__)
 
-ParamPath = tuple[Any, ...]
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
 # Checkpoint tensors that carry no parameters (old rotary caches) or are tied to the embedding.
@@ -177,6 +178,7 @@ def resolve_model_dir(path_or_hub_id: str | os.PathLike, revision: str | None = 
     text = str(path_or_hub_id)
     if looks_local(text):
         raise missing_model(text, " and not a hub id of the form 'org/name'")
+    # The hub client only for hub ids: a local checkpoint loads without it (and without its network stack).
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -230,21 +232,6 @@ class SafetensorsReader:
                 raise CheckpointError(f"{path}: listed in {SAFE_INDEX} for {name!r} but missing")
             self._handles[path] = self._stack.enter_context(safe_open(path, framework="numpy"))
         return self._handles[path].get_tensor(name)
-
-
-def param_shardings(
-    model_or_abstract: nnx.Module, mesh: Mesh | None, rules: Mapping[str, MeshAxes] | None = None
-) -> dict[ParamPath, Any]:
-    """Path -> NamedSharding (None without a mesh) for every param, from its logical axes."""
-    out = {}
-    for path, var in nnx.to_flat_state(nnx.state(model_or_abstract, nnx.Param)):
-        shape = var.get_value().shape
-        if mesh is None:
-            out[path] = None
-            continue
-        names = var.get_metadata().get("logical_axes") or (None,) * len(shape)
-        out[path] = named_sharding(mesh, names, shape, what="/".join(map(str, path)), rules=rules)
-    return out
 
 
 def _place(array: np.ndarray, sharding: Any, dtype: jnp.dtype) -> jax.Array:
@@ -306,19 +293,12 @@ def load_pretrained(
         raise CheckpointError(f"{model_dir}: params not in checkpoint: {missing}")
     if fresh_head:
         # Only the new head is initialised; every other param came from the checkpoint.
-        init_state = nnx.state(_init_sharded(cfg, mesh, rules, seed), nnx.Param)
+        init_state = nnx.state(init_model(cfg, mesh=mesh, rules=rules, seed=seed), nnx.Param)
         for path, var in nnx.to_flat_state(init_state):
             if path not in loaded:
                 variables[path].set_value(var.get_value())
     model = nnx.merge(graphdef, nnx.from_flat_state(variables))
-    model.model_dir = model_dir
     return model
-
-
-def _init_sharded(cfg: ModelConfig, mesh: Mesh | None, rules, seed: int) -> Transformer:
-    from sq_jax.models.init import init_model
-
-    return init_model(cfg, mesh=mesh, rules=rules, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -327,8 +307,6 @@ def _init_sharded(cfg: ModelConfig, mesh: Mesh | None, rules, seed: int) -> Tran
 def _to_host(x: jax.Array) -> np.ndarray:
     if x.is_fully_addressable:
         return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 

@@ -15,6 +15,8 @@ import time
 from collections.abc import Mapping
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +131,6 @@ def maybe_initialize(
 def sync(name: str) -> None:
     """Wait until every process reaches the barrier `name` (a no-op in a single process)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -146,8 +146,5 @@ def failed_processes(ok: bool) -> list[int]:
     the next barrier."""
     if jax.process_count() == 1:
         return [] if ok else [0]
-    import numpy as np
-    from jax.experimental import multihost_utils
-
     flags = np.asarray(multihost_utils.process_allgather(np.asarray([int(ok)]))).reshape(-1)
     return [i for i, flag in enumerate(flags) if not flag]

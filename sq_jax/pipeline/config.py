@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sq_jax.configlib import ConfigError, apply_overrides, from_dict, load_yaml
+from sq_jax.pipeline.stages import KINDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +67,6 @@ def validate(cfg: PipelineConfig, kinds: dict[str, Any], where: str) -> None:
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    from sq_jax.pipeline.stages import KINDS
-
     data = apply_overrides(load_yaml(path), overrides)
     cfg = from_dict(PipelineConfig, data, where=str(path))
     validate(cfg, KINDS, str(path))

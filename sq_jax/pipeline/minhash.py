@@ -75,7 +75,7 @@ def signatures(texts: Sequence[str], n: int, a: np.ndarray, b: np.ndarray) -> np
 def lsh_bands(threshold: float, num_perm: int, weights: tuple[float, float] = (0.05, 0.95)) -> tuple[int, int]:
     """datasketch's `MinHashLSH` (bands, rows): the least weighted sum of the false positive / negative areas
     (the same integrands, written as datasketch writes them, so that near-ties fall the same way)."""
-    from scipy.integrate import quad
+    from scipy.integrate import quad  # scipy is slow to import; only an uncached (threshold, num_perm) needs it
 
     best, choice = float("inf"), (0, 0)
     for bands in range(1, num_perm + 1):

@@ -10,11 +10,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sq_jax.configlib import from_dict, load_yaml
+import jax
+
+from sq_jax.configlib import load_yaml
+from sq_jax.configlib import load_config as load_typed
 from sq_jax.models.config import ModelConfig, from_hf_config, load_config
 from sq_jax.parallel.mesh import resolve_mesh_shape
 from sq_jax.pipeline.config import PipelineConfig, load_pipeline, stage_config
 from sq_jax.pipeline.known_shapes import KNOWN_SHAPES
+from sq_jax.pipeline.stages import KINDS
+from sq_jax.toy.tiny import tiny_config
 from sq_jax.train.config import TrainConfig
 from sq_jax.train.memory_plan import (
     Device, StagePlan, format_plans, generation_plan, parse_device, too_big, train_plan, train_shape,
@@ -31,7 +36,8 @@ def model_shape(path: str, **runtime: Any) -> ModelConfig:
         return load_config(path, **runtime)
     if path in KNOWN_SHAPES:
         return from_hf_config(KNOWN_SHAPES[path], where=f"known shape of {path}", **runtime)
-    from huggingface_hub import hf_hub_download  # the config.json alone, through the HF cache
+    # The hub client only for a model neither local nor known; it fetches the config.json alone, through its cache.
+    from huggingface_hub import hf_hub_download
 
     try:
         hf = json.loads(Path(hf_hub_download(path, "config.json")).read_text())
@@ -42,8 +48,6 @@ def model_shape(path: str, **runtime: Any) -> ModelConfig:
 
 
 def _tiny_shape() -> ModelConfig:
-    from sq_jax.models.tiny import tiny_config
-
     return tiny_config(2048)
 
 
@@ -58,8 +62,6 @@ class _Pipeline:
     """Walks the stages in order, remembering the base shape of every model a stage produces."""
 
     def __init__(self, cfg: PipelineConfig, device: Device):
-        from sq_jax.pipeline.stages import KINDS
-
         self.cfg, self.device, self.kinds = cfg, device, KINDS
         self.produced: dict[str, ModelConfig] = {}
 
@@ -90,13 +92,11 @@ class _Pipeline:
             self.produced[name] = _tiny_shape()
             return None
         if spec.kind == "train":
-            from sq_jax.pipeline.stages.training import _filled
-
-            own = config.train.get("model", {}).get("path")
+            own = config.train.model.path
             base = model_shape(own) if own else self._input_model(spec, None)
-            train = from_dict(TrainConfig, _filled(config.train, "<model>", "<data>", "<stage>"), where=name)
             self.produced[name] = base
-            return plan_train(train, self.device, name, base) if base is not None else None
+            # The stage's config is a TrainConfig with the paths left to the pipeline: the plan reads its shapes.
+            return plan_train(config.train, self.device, name, base) if base is not None else None
         engine = getattr(config, "engine", None)
         if spec.kind in _GENERATION_KINDS or (spec.kind == "optimise" and config.backend == "local"):
             model = self._input_model(spec, config.model)
@@ -121,8 +121,6 @@ def plan_config(path: str | Path, overrides: list[str] | tuple[str, ...], device
     device = parse_device(device_name)
     if "stages" in load_yaml(path):
         return _Pipeline(load_pipeline(path, overrides), device).plans()
-    from sq_jax.configlib import load_config as load_typed
-
     return [plan_train(load_typed(TrainConfig, path, overrides), device)]
 
 
@@ -140,8 +138,6 @@ def report(path: str | Path, overrides: list[str] | tuple[str, ...], device_name
 def refuse_unfit_stages(cfg: PipelineConfig, stages: list[str]) -> None:
     """At the start of a run on chips that report their memory (TPU, GPU): stop before the first stage if one of
     `stages` would not fit, naming what to change. CPUs report none and are never refused."""
-    import jax
-
     limit = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
     if not limit:
         return

@@ -18,6 +18,7 @@ from typing import Any
 from sq_jax.data.dataset import atomic_open, read_json, write_json_atomic
 from sq_jax.pipeline.config import PipelineConfig
 from sq_jax.pipeline.report_summaries import CACHE_DIR, MODEL_ROLES, SUMMARY_VERSION, cached_summary
+from sq_jax.pipeline.report_template import TEMPLATE
 
 log = logging.getLogger(__name__)
 REPORT_HTML = "report.html"
@@ -128,7 +129,7 @@ def cost_projection(cfg: PipelineConfig, stages: Mapping[str, Mapping[str, Any]]
 
 def _distribution_plots(plots: Plots, stages: Mapping[str, Mapping[str, Any]],
                         summaries: Mapping[str, Mapping[str, Any]]) -> None:
-    from sq_jax.pipeline import report_plots
+    from sq_jax.pipeline import report_plots  # matplotlib: slow to import, and only the plots need it
 
     def of(kind: str) -> list[str]:
         return [n for n, s in stages.items() if s["kind"] == kind and summaries.get(n)]
@@ -164,7 +165,7 @@ def build_context(cfg: PipelineConfig, report: Mapping[str, Any], every_plot: bo
 
     The funnel and wall-time plots change with every stage, so while stages are left to run (the report rewritten
     after each) they are drawn only with `every_plot`; the other plots are drawn once, when their stage is done."""
-    from sq_jax.pipeline import report_plots
+    from sq_jax.pipeline import report_plots  # matplotlib: slow to import, and only the plots need it
 
     stages = {s["stage"]: s for s in report["stages"]}
     out, summaries, problems = Path(cfg.output_dir), {}, []
@@ -197,8 +198,6 @@ def build_context(cfg: PipelineConfig, report: Mapping[str, Any], every_plot: bo
 
 
 def render(context: Mapping[str, Any]) -> str:
-    from sq_jax.pipeline.report_template import TEMPLATE
-
     return TEMPLATE.render(**context)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from sq_jax.data.dataset import iter_part, iter_rows, list_parts, read_json, write_json_atomic
 from sq_jax.pipeline.report_stats import NumericSummary, Reservoir, words
+from sq_jax.pipeline.score_job import load_scores
 from sq_jax.pipeline.stages import DROPPED, RECORDS, STAGE_MANIFEST
 
 SUMMARY_VERSION = 1  # bump when a summary or a plot changes: cached ones are recomputed
@@ -113,8 +114,6 @@ def _rewards(stage_dir: Path, responses_dir: Path | None, seed: int) -> dict[str
     The scores of every response are the stage's `scores/part-k.npz`, aligned with the responses' parts; a
     question's responses are consecutive rows (the reward stage's own rule), and the stage's records, in the same
     question order, name the chosen one (`response_id`)."""
-    from sq_jax.pipeline.score_job import load_scores
-
     chosen, others, share = NumericSummary(seed=seed), NumericSummary(seed=seed), NumericSummary(seed=seed)
     ranked = iter_rows(stage_dir / RECORDS)
     for row in iter_rows(stage_dir / RECORDS):

@@ -24,6 +24,7 @@ from sq_jax.parallel.distributed import failed_processes, is_lead, sync
 from sq_jax.pipeline.config import PipelineConfig, stage_config
 from sq_jax.pipeline.plan import refuse_unfit_stages
 from sq_jax.pipeline.report_html import write_html_report
+from sq_jax.pipeline.report_markdown import report_markdown
 from sq_jax.pipeline.stages import DROPPED, KINDS, RECORDS, STAGE_MANIFEST, StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -202,23 +203,3 @@ def write_report(cfg: PipelineConfig) -> dict[str, Any]:
     (out / "report.md").write_text(report_markdown(report))
     write_html_report(cfg, report)  # report.html; never raises (a failed plot or section is logged and left out)
     return report
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:,.2f}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
-    return str(value)
-
-
-def report_markdown(report: dict[str, Any]) -> str:
-    lines = ["# sq-jax pipeline run", "", f"Output: `{report['output_dir']}`, seed {report['seed']}.", "",
-             "| stage | kind | status | records | seconds | rows/s | stats |", "|---|---|---|---|---|---|---|"]
-    for s in report["stages"]:
-        secs = f"{s['seconds']:.1f}" if s["seconds"] is not None else ""
-        rate = s["counts"].get("rows_per_s", "")
-        lines.append(f"| {s['stage']} | {s['kind']} | {s['status']} | {s['counts'].get('records', '')} | {secs} | "
-                     f"{_fmt(rate)} | {_fmt(s['stats'])} |")
-    return "\n".join(lines) + "\n"
-

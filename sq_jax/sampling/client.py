@@ -33,7 +33,7 @@ def make_request(prompt: str | Sequence[int], sampling: SamplingParams | None = 
 
 class Client:
     def __init__(self, address: str = "127.0.0.1:9000", timeout: float = 300.0):
-        import grpc
+        import grpc  # here: importing this module (for make_request) loads no gRPC runtime
 
         _, pb2_grpc = _stubs()
         self._channel = grpc.insecure_channel(address)

@@ -28,14 +28,16 @@ import jax
 from tqdm.auto import tqdm
 
 from sq_jax.configlib import config_hash, to_dict
-from sq_jax.data.fingerprint import local_content_hash
 from sq_jax.data.dataset import write_json_atomic, write_part
+from sq_jax.data.fingerprint import local_content_hash
 from sq_jax.data.sources import Record, stream_records
-from sq_jax.models.tokenizer import PromptFormat, encode_prompt
+from sq_jax.models.tokenizer import encode_prompt
 from sq_jax.parallel.distributed import sync
+from sq_jax.prompts.formats import PromptFormat
+from sq_jax.sampling.engine_factory import EngineSettings, build_engine
 from sq_jax.sampling.loop import Completion, Request, run_loop
-from sq_jax.sampling.sampling import SamplingParams
-from sq_jax.sampling.server import EngineSettings, build_engine
+from sq_jax.sampling.offline import run_driver
+from sq_jax.sampling.sampling import SamplingDefaults
 
 log = logging.getLogger(__name__)
 MANIFEST = "_manifest.json"
@@ -49,17 +51,13 @@ class PromptSection:
     field: str = "question"  # the field holding the question (solver, judge) or the full prompt (text)
     id_field: str = "id"
     limit: int | None = None
-    judge_prompt: Literal["sq-jax", "paper"] = "sq-jax"  # judge mode: models/tokenizer.JUDGE_PROMPTS
+    judge_prompt: Literal["sq-jax", "paper"] = "sq-jax"  # judge mode: prompts/judge.JUDGE_PROMPTS
     # What an output carries of its input record: the prompt field, or the whole record (under "input").
     carry: Literal["field", "record"] = "field"
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplingSection:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_tokens: int = 512
+class SamplingSection(SamplingDefaults):
     seed: int = 0
     stop: list[str] = dataclasses.field(default_factory=list)  # extra stop strings cut from the text
 
@@ -287,9 +285,9 @@ def run_generate(cfg: GenerateConfig, *, collective: bool = True, restart: bool 
     num_shards = -(-num_requests // cfg.shard_size)
     sink = sink or raw_shards(out)
     s = cfg.sampling
-    default = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens)
-    engine = build_engine(cfg.model, cfg.engine, default, jetstream_api=cfg.backend == "jetstream")
-    tokenizer = engine.hf_tokenizer
+    default = s.params()
+    loaded = build_engine(cfg.model, cfg.engine, default, jetstream_api=cfg.backend == "jetstream")
+    engine, tokenizer = loaded.engine, loaded.tokenizer
     # Whoever finished a shard before (another process count, an earlier run), it is not generated again.
     known = {k: info for m in previous.values() for k, info in m.get("shards", {}).items()}
     finished = {k for m in previous.values() for k in m.get("finished_shards", [])}
@@ -306,7 +304,7 @@ def run_generate(cfg: GenerateConfig, *, collective: bool = True, restart: bool 
 
     def requests() -> Iterator[Request]:
         last_text, ids = None, []
-        for k, items in iter_shards(cfg, engine.prompt_format, set(todo)):
+        for k, items in iter_shards(cfg, loaded.prompt_format, set(todo)):
             inflight[k], pending[k] = items, {}
             for pid, j, text, _ in items:
                 if text != last_text:  # a prompt's samples are consecutive; the pre-query prompt is one text
@@ -346,8 +344,6 @@ def run_generate(cfg: GenerateConfig, *, collective: bool = True, restart: bool 
 
     if todo:
         if cfg.backend == "jetstream":
-            from sq_jax.sampling.offline import run_driver
-
             run_driver(engine, requests(), window=cfg.window, on_complete=on_complete)
         else:
             run_loop(engine, requests(), on_complete=on_complete)

@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent import futures
 from typing import Any
 
 import grpc
@@ -94,8 +95,6 @@ class GrpcFront:
 
     def __init__(self, driver: Any, host: str, port: int, *, threads: int = 64,
                  metrics: ServingMetrics | None = None):
-        from concurrent import futures
-
         js = jetstream()
         self._loop = asyncio.new_event_loop()
         self._loop.set_default_executor(futures.ThreadPoolExecutor(max_workers=threads))

@@ -43,6 +43,7 @@ def jetstream() -> Any:
             jax.tree_map = jax.tree.map
         root = logging.getLogger()
         level, handlers = root.level, list(root.handlers)
+        # JetStream (and the TensorFlow it pulls in through seqio) loads on first use only, here.
         from jetstream.core import orchestrator, server_lib
         from jetstream.core.proto import jetstream_pb2, jetstream_pb2_grpc
         from jetstream.engine import engine_api, token_utils, tokenizer_api, tokenizer_pb2

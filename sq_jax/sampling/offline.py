@@ -53,7 +53,7 @@ def run_driver(
     js = jetstream()
     if not hasattr(engine, "build_tokenizer"):
         raise TypeError("run_driver needs a JetStream engine: build it with jetstream_compat.jetstream_engine_class() "
-                        "or server.build_engine(...)")
+                        "or engine_factory.build_engine(...).engine")
     window = window or 2 * engine.max_slots
     slots = threading.Semaphore(window)
     results: dict[int, Completion] = {}

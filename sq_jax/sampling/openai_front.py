@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from sq_jax.sampling.engine_factory import LoadedEngine
 from sq_jax.sampling.jetstream_compat import ShuttingDownError, jetstream
 from sq_jax.sampling.metrics import ServingMetrics
 from sq_jax.sampling.sampling import SamplingParams
@@ -111,16 +112,16 @@ class _Sample:
     prompt_tokens: int
     tokens: list[int] = dataclasses.field(default_factory=list)
     logprobs: list[float] = dataclasses.field(default_factory=list)
-    logprobs_sent: int = 0  # tokens whose log-probabilities a stream chunk has carried
     text: str = ""
     finish_reason: str | None = None
 
 
 class OpenAIFront:
-    def __init__(self, driver: Any, engine: Any, *, model_name: str, api_key: str | None = None,
+    def __init__(self, driver: Any, loaded: LoadedEngine, *, model_name: str, api_key: str | None = None,
                  metrics: ServingMetrics | None = None):
-        self.driver, self.engine, self.model_name = driver, engine, model_name
-        self.tokenizer, self.format = engine.hf_tokenizer, engine.prompt_format
+        self.driver, self.engine, self.model_name = driver, loaded.engine, model_name
+        self.tokenizer, self.format, self.default_sampling = loaded.tokenizer, loaded.prompt_format, \
+            loaded.default_sampling
         self._api_key, self.metrics = api_key or None, metrics
         self._js = jetstream()
 
@@ -197,7 +198,7 @@ class OpenAIFront:
         return stops
 
     def _sampling(self, body: _Body, prompt_tokens: int) -> SamplingParams:
-        default = self.engine.default_sampling
+        default = self.default_sampling
         room = self.engine.max_cache_length - prompt_tokens
         max_tokens = body.max_tokens if body.max_tokens is not None else min(default.max_tokens, room)
         if max_tokens > room:
@@ -275,7 +276,7 @@ class OpenAIFront:
         start = time.perf_counter()
         wants_logprobs = body.wants_logprobs()
         samples = self._submit(body, prompts)
-        token_text = self.tokenizer.decode if wants_logprobs else None
+        token_text = self.tokenizer.batch_decode if wants_logprobs else None
         shape = _Shape(chat, f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", int(time.time()), self.model_name,
                        body.return_token_ids, token_text)
         if body.stream:
@@ -318,10 +319,17 @@ class OpenAIFront:
 
         tasks = [asyncio.ensure_future(pump(s)) for s in samples]
         first, open_samples = True, len(samples)
+        sent = [0] * len(samples)  # per sample: tokens whose logprobs a chunk has carried
+
+        def since(sample: _Sample) -> tuple[int, int]:  # the tokens a chunk carries logprobs for, then moves on
+            span = (sent[sample.index], len(sample.logprobs))
+            sent[sample.index] = span[1]
+            return span
+
         try:
             if shape.chat:
                 for s in samples:
-                    yield _sse(shape.chunk(s, "", role=True))
+                    yield _sse(shape.chunk(s, "", (0, 0), role=True))
             while open_samples:
                 sample, item = await merged.get()
                 if isinstance(item, APIError):
@@ -329,12 +337,12 @@ class OpenAIFront:
                     return
                 if item is None:
                     open_samples -= 1
-                    yield _sse(shape.chunk(sample, "", finish=True))
+                    yield _sse(shape.chunk(sample, "", since(sample), finish=True))
                     continue
                 if first:
                     self._observe("time_to_first_token", start)
                     first = False
-                yield _sse(shape.chunk(sample, item))
+                yield _sse(shape.chunk(sample, item, since(sample)))
             # Every answer carries usage: streamed ones in a last chunk without choices (OpenAI's include_usage).
             yield _sse({**shape.head(chunk=True), "choices": [], "usage": _usage(samples)})
             yield "data: [DONE]\n\n"
@@ -360,7 +368,7 @@ class _Shape:
     created: int
     model: str
     token_ids: bool
-    token_text: Callable[[list[int]], str] | None = None  # set when the request asked for logprobs
+    token_text: Callable[[list[list[int]]], list[str]] | None = None  # batch_decode, when logprobs were asked
 
     def head(self, chunk: bool) -> dict:
         kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat else "text_completion"
@@ -371,17 +379,16 @@ class _Shape:
         under the model (before temperature, top-k, top-p), no alternatives."""
         if self.token_text is None:
             return None
-        pieces = [self.token_text([t]) for t in sample.tokens[start:end]]
+        pieces = self.token_text([[t] for t in sample.tokens[start:end]])
         values = sample.logprobs[start:end]
         if self.chat:
             return {"content": [{"token": p, "logprob": v, "bytes": list(p.encode("utf-8")), "top_logprobs": []}
                                 for p, v in zip(pieces, values)], "refusal": None}
         return {"tokens": pieces, "token_logprobs": values, "top_logprobs": None, "text_offset": None}
 
-    def _choice(self, sample: _Sample, text: str, finish: str | None, chunk: bool = False) -> dict:
-        start, end = (sample.logprobs_sent, len(sample.logprobs)) if chunk else (0, len(sample.tokens))
-        if chunk:
-            sample.logprobs_sent = end
+    def _choice(self, sample: _Sample, text: str, finish: str | None, span: tuple[int, int] | None = None) -> dict:
+        """One choice; `span` is the range of the sample's tokens whose logprobs it carries (default: all)."""
+        start, end = span if span is not None else (0, len(sample.tokens))
         choice: dict[str, Any] = {"index": sample.index, "finish_reason": finish,
                                   "logprobs": self._logprobs(sample, start, end)}
         if not self.chat:
@@ -399,8 +406,9 @@ class _Shape:
             choices.append(choice)
         return {**self.head(chunk=False), "choices": choices, "usage": _usage(samples)}
 
-    def chunk(self, sample: _Sample, text: str, finish: bool = False, role: bool = False) -> dict:
-        choice = self._choice(sample, text, sample.finish_reason if finish else None, chunk=True)
+    def chunk(self, sample: _Sample, text: str, span: tuple[int, int], finish: bool = False,
+              role: bool = False) -> dict:
+        choice = self._choice(sample, text, sample.finish_reason if finish else None, span)
         if self.chat:
             choice["delta"] = {"role": "assistant", "content": ""} if role else ({} if finish else {"content": text})
         return {**self.head(chunk=True), "choices": [choice]}

@@ -39,6 +39,20 @@ class SamplingParams:
             raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplingDefaults:
+    """A config's sampling section: what a request that sets nothing itself is sampled with."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 512
+
+    def params(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                              max_tokens=self.max_tokens)
+
+
 def filter_logits(logits: jax.Array, temperature: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.Array:
     """Temperature-scaled logits [vocab] with everything outside top-k and top-p set to -inf (order as HF)."""
     scaled = logits.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)

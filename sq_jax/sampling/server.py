@@ -10,61 +10,16 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
 
-import jax
+from collections.abc import Mapping
+from pathlib import Path
 
-from sq_jax.models.checkpoint import load_model
-from sq_jax.models.tokenizer import detect_prompt_format, get_prompt_format, load_tokenizer, stop_token_ids
-from sq_jax.parallel.mesh import make_mesh
-from sq_jax.sampling.jetstream_compat import ShuttingDownError, jetstream_engine_class, make_driver
+from sq_jax.sampling.engine_factory import EngineSettings, LoadedEngine
+from sq_jax.sampling.jetstream_compat import ShuttingDownError, make_driver
 from sq_jax.sampling.metrics import ServingMetrics
-from sq_jax.sampling.sampling import SamplingParams
+from sq_jax.sampling.sampling import SamplingDefaults, SamplingParams
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineSettings:
-    max_slots: int = 64
-    max_cache_length: int = 2048
-    max_prefill_length: int = 1024
-    decode_steps: int = 8
-    overlong_prompt: str = "error"  # or "truncate_left"
-    prefix_cache_size: int = 32
-    dtype: str = "bfloat16"
-    prompt_format: str | None = None
-    mesh_data: int = 1
-    mesh_fsdp: int = 1
-    mesh_tensor: int = -1
-    # A tokenizer shipped as Python code in the model repository (InternLM2) runs only when allowed.
-    trust_remote_code: bool = False
-
-
-def build_engine(model_path: str, settings: EngineSettings, default_sampling: SamplingParams,
-                 jetstream_api: bool = True) -> Any:
-    """Load a model (HF or native) onto its mesh and wrap it in an engine (JetStream-capable by default)."""
-    # This host's devices only: on a multi-host slice each host serves its own share of the requests.
-    mesh = make_mesh(settings.mesh_data, settings.mesh_fsdp, settings.mesh_tensor, devices=jax.local_devices())
-    model = load_model(model_path, mesh=mesh, dtype=settings.dtype, param_dtype=settings.dtype)
-    tokenizer = load_tokenizer(str(getattr(model, "model_dir", model_path)),
-                               trust_remote_code=settings.trust_remote_code, setting="engine.trust_remote_code")
-    fmt = get_prompt_format(settings.prompt_format) if settings.prompt_format else detect_prompt_format(tokenizer)
-    kwargs = dict(
-        stop_ids=stop_token_ids(tokenizer, fmt), max_slots=settings.max_slots,
-        max_cache_length=settings.max_cache_length, max_prefill_length=settings.max_prefill_length,
-        decode_steps=settings.decode_steps, overlong_prompt=settings.overlong_prompt,
-        prefix_cache_size=settings.prefix_cache_size, mesh=mesh,
-    )
-    if jetstream_api:
-        engine = jetstream_engine_class()(model, tokenizer, default_sampling=default_sampling, **kwargs)
-    else:
-        from sq_jax.sampling.engine import Engine
-
-        engine = Engine(model, **kwargs)
-        engine.hf_tokenizer, engine.default_sampling = tokenizer, default_sampling
-    engine.prompt_format = fmt
-    return engine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,27 +34,54 @@ class FrontSettings:
     threads: int | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """`sq-jax serve [CONFIG] [a.b=c ...]`: the model, its engine, the default sampling and the two fronts."""
+
+    model: str
+    engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
+    sampling: SamplingDefaults = dataclasses.field(default_factory=SamplingDefaults)
+    host: str = "127.0.0.1"  # loopback unless told otherwise (0.0.0.0 / [::] to expose)
+    grpc_port: int = 9000  # JetStream's protocol; 0: no gRPC front
+    http_port: int = 8000  # the OpenAI API; 0: no HTTP front
+    served_model_name: str | None = None  # the `model` HTTP clients ask for; default: the model folder's name
+    api_key_env: str = "SQ_JAX_API_KEY"  # the variable holding the HTTP API key (the key itself is never in a file)
+    max_queue: int = 1024
+    shutdown_grace_s: float = 2.0
+
+    def default_sampling(self) -> SamplingParams:
+        return self.sampling.params()
+
+    def fronts(self, environ: Mapping[str, str]) -> FrontSettings:
+        return FrontSettings(
+            host=self.host, grpc_port=self.grpc_port or None, http_port=self.http_port or None,
+            model_name=self.served_model_name or Path(self.model.rstrip("/")).name,
+            api_key=environ.get(self.api_key_env) or None, max_queue=self.max_queue,
+            shutdown_grace_s=self.shutdown_grace_s)
+
+
 class Server:
     """The running fronts over one driver; `stop()` drains, fails what is left, and releases the ports."""
 
-    def __init__(self, engine: Any, fronts: FrontSettings | None = None):
+    def __init__(self, loaded: LoadedEngine, fronts: FrontSettings | None = None):
         fronts = fronts or FrontSettings()
         if fronts.grpc_port is None and fronts.http_port is None:
             raise ValueError("serve: neither a gRPC nor an HTTP port: nothing to serve")
         self.fronts = fronts
+        engine = loaded.engine
         self.driver = make_driver(engine, max_queue=fronts.max_queue)
         self.metrics = ServingMetrics(self.driver, engine)
         self._grpc = self._http = self._http_thread = None
         self.grpc_address = self.http_address = None
         try:
             if fronts.grpc_port is not None:
-                from sq_jax.sampling.grpc_front import GrpcFront
+                from sq_jax.sampling.grpc_front import GrpcFront  # an HTTP-only server loads no gRPC stack
 
                 self._grpc = GrpcFront(self.driver, fronts.host, fronts.grpc_port,
                                        threads=fronts.threads or max(2 * engine.max_slots, 64), metrics=self.metrics)
                 self.grpc_address = self._grpc.address
             if fronts.http_port is not None:
-                self._start_http(engine, fronts)
+                self._start_http(loaded, fronts)
         except BaseException:
             self.stop()
             raise
@@ -108,12 +90,13 @@ class Server:
     def address(self) -> str:
         return self.grpc_address or self.http_address
 
-    def _start_http(self, engine: Any, fronts: FrontSettings) -> None:
+    def _start_http(self, loaded: LoadedEngine, fronts: FrontSettings) -> None:
+        # Here, not at the top: a gRPC-only server loads neither the HTTP stack nor FastAPI.
         import uvicorn
 
         from sq_jax.sampling.openai_front import OpenAIFront
 
-        app = OpenAIFront(self.driver, engine, model_name=fronts.model_name, api_key=fronts.api_key,
+        app = OpenAIFront(self.driver, loaded, model_name=fronts.model_name, api_key=fronts.api_key,
                           metrics=self.metrics).app()
         config = uvicorn.Config(app, host=fronts.host, port=fronts.http_port, log_level="warning",
                                 access_log=False, timeout_graceful_shutdown=max(1, int(fronts.shutdown_grace_s)))

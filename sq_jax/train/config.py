@@ -12,7 +12,7 @@ class ModelSection:
     dtype: str = "bfloat16"  # compute dtype
     param_dtype: str = "float32"  # master weights
     remat: Literal["none", "full", "dots", "dots_no_batch"] = "none"
-    prompt_format: str | None = None  # a PROMPT_FORMATS name (models/tokenizer.py); None: detected from the tokenizer
+    prompt_format: str | None = None  # a PROMPT_FORMATS name (prompts/formats.py); None: detected from the tokenizer
     head: Literal["lm", "score"] | None = None  # score: a scalar head (fresh if the checkpoint is a causal LM)
 
 

@@ -26,6 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from qwix._src.providers import ptq  # the plain (unadapted) einsum of qwix's provider chain
 from qwix._src.utils import flax_util  # which param an einsum operand is
+from safetensors.numpy import save_file
 
 from sq_jax.models.hf_io import tensor_rules
 from sq_jax.models.transformer import Transformer
@@ -154,8 +155,6 @@ def save_peft_adapter(adapters: nnx.State, model_config: Any, cfg: LoraSection, 
                       base_model: str) -> Path:
     """`adapter_model.safetensors` + `adapter_config.json` that `peft.PeftModel.from_pretrained` loads onto the
     base model (lora_A [rank, in], lora_B [out, rank], scaling alpha / rank)."""
-    from safetensors.numpy import save_file
-
     def _to_host(x: jax.Array) -> np.ndarray:  # adapters are replicated: every host holds them whole
         return np.asarray(x.addressable_data(0))
 

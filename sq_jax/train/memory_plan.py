@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+
 from sq_jax.models.config import ModelConfig
 from sq_jax.parallel.mesh import resolve_mesh_shape
 from sq_jax.train.config import TrainConfig
+from sq_jax.train.tasks import task_class
 
 GiB = 1024**3
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1}
@@ -148,7 +151,7 @@ class TrainShape:
 
 def train_shape(cfg: TrainConfig, chips: int) -> TrainShape:
     data, fsdp, tensor = resolve_mesh_shape((cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor), chips)
-    seq = cfg.data.row_length or (2 if cfg.task == "qpo" else 1) * cfg.data.max_length
+    seq = task_class(cfg.task).row_length(cfg.data)
     lora = cfg.lora
     return TrainShape(seq_len=seq, micro_batch=cfg.micro_batch_size or cfg.global_batch_size,
                       grad_accum=cfg.grad_accum_steps, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat,
@@ -202,8 +205,6 @@ def generation_plan(cfg: ModelConfig, *, slots: int, cache_length: int, prefill_
 def refuse_if_too_big(cfg: TrainConfig, model: ModelConfig, stage: str = "train") -> None:
     """At the start of training on a chip that reports its memory (TPU, GPU): raise with what to change if the
     step would not fit. CPUs report none and are never refused."""
-    import jax
-
     stats = jax.local_devices()[0].memory_stats() or {}
     limit = stats.get("bytes_limit")
     if not limit:

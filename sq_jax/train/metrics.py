@@ -56,7 +56,7 @@ class MetricsWriter:
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if tensorboard:
-                from tensorboardX import SummaryWriter
+                from tensorboardX import SummaryWriter  # optional: only runs that write TensorBoard scalars
 
                 self._tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
 

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from sq_jax.data.dataset import atomic_open
 from sq_jax.data.pairs import PreferencePairs
-from sq_jax.data.pipeline import eval_batches
+from sq_jax.data.batching import eval_batches
 from sq_jax.train.step import batch_sharding
 from sq_jax.train.tasks.qpo import pair_logps
 

@@ -12,17 +12,19 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from sq_jax.configlib import config_hash, to_dict
-from sq_jax.data.pipeline import PackedBatches, concat_examples, eval_batches, host_shard, process_shares
+from sq_jax.data.batching import PackedBatches, concat_examples, eval_batches, host_shard, process_shares
 from sq_jax.data.sources import Record, read_records
 from sq_jax.models.checkpoint import copy_side_files, load_model
-from sq_jax.models.hf_io import save_pretrained
-from sq_jax.models.tokenizer import detect_prompt_format, get_prompt_format, load_tokenizer
+from sq_jax.models.hf_io import resolve_model_dir, save_pretrained
+from sq_jax.models.tokenizer import detect_prompt_format, load_tokenizer
 from sq_jax.parallel import distributed
 from sq_jax.parallel.mesh import make_mesh
+from sq_jax.prompts.formats import get_prompt_format
 from sq_jax.train.checkpointing import Checkpointer
 from sq_jax.train.config import TrainConfig
 from sq_jax.train.lora import add_adapters, merged_params, save_peft_adapter, trainable_filter
@@ -59,8 +61,6 @@ def split_eval(records: list[Record], count: int, seed: int) -> tuple[list[Recor
 def _global_min(value: int) -> int:
     if jax.process_count() == 1:
         return value
-    from jax.experimental import multihost_utils
-
     return int(np.min(multihost_utils.process_allgather(np.asarray([value]))))
 
 
@@ -84,11 +84,11 @@ class Trainer:
         if micro % jax.process_count():
             raise ValueError(f"micro_batch_size={micro} is not divisible by {jax.process_count()} processes")
         self.micro = micro
+        self.model_dir = resolve_model_dir(cfg.model.path)  # a hub id: its local copy (side files come from it)
         self.model = load_model(
-            cfg.model.path, mesh=self.mesh, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
+            self.model_dir, mesh=self.mesh, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
             remat=cfg.model.remat, **({"head": cfg.model.head} if cfg.model.head else {}),
         )
-        self.model_dir = Path(getattr(self.model, "model_dir", cfg.model.path))
         refuse_if_too_big(cfg, self.model.config)  # before the first step runs out of memory
         self.tokenizer = load_tokenizer(str(self.model_dir))
         fmt_name = cfg.model.prompt_format
@@ -266,9 +266,7 @@ class Trainer:
         # Everything that changes the sequence of updates; logging and checkpoint cadence may change freely.
         c = self.cfg
         parts = {"task": c.task, "model": to_dict(c.model), "data": to_dict(c.data), "optim": to_dict(c.optim),
-                 "batch": [c.global_batch_size, c.epochs, c.max_steps, c.seed]}
-        if c.task == "qpo":
-            parts["preference"] = to_dict(c.preference)
+                 "batch": [c.global_batch_size, c.epochs, c.max_steps, c.seed], **self.task.resume_sections(c)}
         if c.lora is not None:
             parts["lora"] = to_dict(c.lora)
         return config_hash(parts)
@@ -344,8 +342,7 @@ class Trainer:
         for (step, _), m in zip(pending, host):
             values = {k: float(v) for k, v in m.items() if k != "count"}
             values["learning_rate"] = float(self.schedule(step - 1))
-            if self.cfg.task == "qpo":
-                values["pairs"] = float(m["count"])
+            values.update(self.task.step_counts(float(m["count"])))
             if step == pending[-1][0]:
                 values.update(tokens_per_s=tokens / elapsed, tflops_per_s=tflops)
                 if self.peak:

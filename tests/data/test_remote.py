@@ -13,7 +13,7 @@ import pytest
 from sq_jax.data.remote import fetched, is_url, upload
 from sq_jax.data.sources import DataError, read_records
 from sq_jax.pipeline.stages import StageContext
-from sq_jax.pipeline.stages.output import ExportConfig, export
+from sq_jax.pipeline.stages.export import ExportConfig, export
 
 
 @pytest.fixture()

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sq_jax.data.sources import DataError, Record, read_records, write_jsonl
+import sq_jax.toy  # noqa: F401  (registers the procedural: corpora)
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:

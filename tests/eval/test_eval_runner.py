@@ -13,10 +13,10 @@ import textwrap
 import pytest
 
 from sq_jax.cli import main
-from sq_jax.eval.benchmarks import BenchmarkItem, load_benchmark
 from sq_jax.eval import runner
+from sq_jax.eval.benchmarks import BenchmarkItem, load_benchmark
 from sq_jax.eval.runner import EvalConfig, markdown_report, read_outputs, score
-from sq_jax.models.tiny import build_tiny
+from sq_jax.toy.tiny import build_tiny
 
 
 @pytest.mark.slow

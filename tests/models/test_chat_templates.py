@@ -20,17 +20,16 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import PreTrainedTokenizerFast
 
-from sq_jax.models.tokenizer import (
-    JUDGE_PROMPTS,
+from sq_jax.models.tokenizer import detect_prompt_format, encode_prompt
+from sq_jax.prompts.formats import (
     PROMPT_FORMATS,
-    SOLVER_INSTRUCTION,
     PromptFormat,
-    detect_prompt_format,
-    encode_prompt,
     get_prompt_format,
 )
-from sq_jax.pipeline.optimiser import DIRECTIONS, optimiser_messages
 from sq_jax.pipeline.stages.scored import reward_inputs
+from sq_jax.prompts.judge import JUDGE_PROMPTS
+from sq_jax.prompts.optimiser import DIRECTIONS, optimiser_messages
+from sq_jax.prompts.solver import SOLVER_INSTRUCTION
 from sq_jax.train.tasks.lm import SFTTask
 from sq_jax.train.tasks.scorer import score_text
 

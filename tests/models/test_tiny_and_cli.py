@@ -17,8 +17,8 @@ import transformers
 from sq_jax.cli import main
 from sq_jax.models.checkpoint import load_native
 from sq_jax.models.hf_io import load_pretrained
-from sq_jax.models.tokenizer import PROMPT_FORMATS
 from sq_jax.parallel.mesh import make_mesh
+from sq_jax.prompts.formats import PROMPT_FORMATS
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,17 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from sq_jax.models.tokenizer import (
-    PROMPT_FORMATS,
-    PromptFormat,
     detect_prompt_format,
     encode_prompt,
-    get_prompt_format,
     load_tokenizer,
-    parse_judge_verdict,
     stop_token_ids,
 )
+from sq_jax.prompts.formats import (
+    PROMPT_FORMATS,
+    PromptFormat,
+    get_prompt_format,
+)
+from sq_jax.prompts.judge import parse_judge_verdict
 
 Q = "If $x + 3 = 7$, what is $\\boxed{x}$? {not a format field}"
 SOLVER = "Please reason step by step, and put your final answer within \\boxed{}."

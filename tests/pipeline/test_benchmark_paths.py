@@ -10,7 +10,7 @@ import pytest
 from sq_jax.eval.benchmarks import benchmark_path
 from sq_jax.pipeline.stages import StageContext
 from sq_jax.pipeline.stages.filtering import DecontaminationConfig, contamination
-from sq_jax.pipeline.stages.output import EvalStageConfig, evaluate
+from sq_jax.pipeline.stages.evaluation import EvalStageConfig, evaluate
 
 
 def _context(tmp_path: Path, name: str, questions: list[str]) -> StageContext:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sq_jax.data.procedural import generate_problems
 from sq_jax.eval.benchmarks import load_benchmark
+from sq_jax.toy.problems import generate_problems
 from sq_jax.pipeline.filters import (
     Decontaminator,
     NearDuplicateFilter,

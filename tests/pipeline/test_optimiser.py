@@ -16,15 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from sq_jax.pipeline.optimiser import (
-    check_directions,
-    DIRECTIONS,
+from sq_jax.pipeline.chat_backends import (
     ChatRequest,
     ChatResult,
     LocalBackend,
     OpenAIBackend,
+)
+from sq_jax.pipeline.optimise import optimise
+from sq_jax.prompts.optimiser import (
+    check_directions,
+    DIRECTIONS,
     choose_direction,
-    optimise,
     optimiser_messages,
     parse_final_question,
 )
@@ -379,8 +381,8 @@ def test_optimise_rejects_bad_input_and_bad_backends():
 # --- local backend on the tiny model ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def local_backend(tmp_path_factory: pytest.TempPathFactory) -> LocalBackend:
-    from sq_jax.models.tiny import build_tiny
-    from sq_jax.sampling.server import EngineSettings
+    from sq_jax.sampling.engine_factory import EngineSettings
+    from sq_jax.toy.tiny import build_tiny
 
     path = build_tiny(tmp_path_factory.mktemp("tiny") / "tiny")
     settings = EngineSettings(max_slots=4, max_cache_length=1024, max_prefill_length=768, dtype="float32",

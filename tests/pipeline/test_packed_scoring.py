@@ -14,13 +14,13 @@ import pytest
 
 from sq_jax.data.dataset import PartWriter
 from sq_jax.models.checkpoint import load_model
-from sq_jax.models.tiny import build_tiny
 from sq_jax.models.tokenizer import load_tokenizer
 from sq_jax.pipeline import score_job
 from sq_jax.pipeline.memory import release_free_heap
 from sq_jax.pipeline.scoring import PackedScorer, pack_plan
 from sq_jax.pipeline.stages import StageContext
 from sq_jax.pipeline.stages.scored import TOKENIZE_BATCH, RewardConfig, encode_texts, reward
+from sq_jax.toy.tiny import build_tiny
 
 MICRO = dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16)
 

@@ -41,7 +41,7 @@ def pipeline(output_dir: Path) -> dict:
         "difficulty": {"kind": "filter_difficulty", "inputs": {"questions": "judged", "scorer": "tiny"},
                        "config": {"drop_easiest": 0.25, **SCORER}},
         "responses": {"kind": "respond", "inputs": {"questions": "difficulty", "model": "tiny"},
-                      "config": {"samples": 2, "require_answer": False,
+                      "config": {"samples_per_prompt": 2, "require_answer": False,
                                  "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 24}, **GENERATION}},
         "rewards": {"kind": "reward", "inputs": {"responses": "responses", "model": "tiny"}, "config": SCORER},
     }}

@@ -129,7 +129,7 @@ def test_overrides_may_follow_the_flags(tmp_path, shared_data, capsys):
 
 
 def test_reward_model_without_chat_template_is_a_clear_error(tmp_path):
-    from sq_jax.models.tiny import build_tiny
+    from sq_jax.toy.tiny import build_tiny
 
     model = build_tiny(tmp_path / "rm")
     config = json.loads((model / "tokenizer_config.json").read_text())

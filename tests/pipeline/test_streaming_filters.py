@@ -15,11 +15,11 @@ import pytest
 from datasketch import MinHash, MinHashLSH
 
 from sq_jax.data.dataset import PartWriter, iter_rows
-from sq_jax.data.procedural import generate_problems
 from sq_jax.pipeline.filters import _DIGITS, Decontaminator, NearDuplicateFilter, language_problem, normalize
 from sq_jax.pipeline.minhash import SortedMultiMap, lsh_bands, permutations, signatures
 from sq_jax.pipeline.stages import StageContext
 from sq_jax.pipeline.stages import filtering as stages
+from sq_jax.toy.problems import generate_problems
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import pipeline_scale  # noqa: E402

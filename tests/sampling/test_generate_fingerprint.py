@@ -14,8 +14,8 @@ from safetensors.numpy import load_file, save_file
 from sq_jax.cli import main
 from sq_jax.configlib import from_dict
 from sq_jax.data import fingerprint
-from sq_jax.models.tiny import build_tiny
 from sq_jax.sampling.generate_job import MANIFEST, GenerateConfig, run_generate
+from sq_jax.toy.tiny import build_tiny
 
 
 @pytest.fixture(scope="module")

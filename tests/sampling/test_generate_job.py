@@ -7,8 +7,8 @@ import json
 import pytest
 
 from sq_jax.configlib import from_dict
-from sq_jax.models.tiny import build_tiny
 from sq_jax.sampling.generate_job import GenerateConfig, cut_at_stop, run_generate
+from sq_jax.toy.tiny import build_tiny
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_stop_strings_cut_text():
 def test_a_process_renders_only_its_shards_streaming_the_prompts(tiny, tmp_path):
     """Shard k holds requests [4k, 4k + 4) of prompt x sample order; the prompts stream past (a bad line after
     the wanted shards is never read), so a host holds its in-flight shards, never the job's prompts."""
-    from sq_jax.models.tokenizer import get_prompt_format
+    from sq_jax.prompts.formats import get_prompt_format
     from sq_jax.sampling.generate_job import build_prompts, count_prompts, iter_shards
 
     questions = tmp_path / "q.jsonl"

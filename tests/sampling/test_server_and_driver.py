@@ -20,11 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sq_jax.models.tiny import build_tiny
-from sq_jax.models.tokenizer import PROMPT_FORMATS, encode_prompt
+from sq_jax.models.tokenizer import encode_prompt
+from sq_jax.prompts.formats import PROMPT_FORMATS
 from sq_jax.sampling.loop import Request, run_loop
 from sq_jax.sampling.sampling import SamplingParams
-from sq_jax.sampling.server import EngineSettings, build_engine
+from sq_jax.sampling.engine_factory import EngineSettings, build_engine
+from sq_jax.toy.tiny import build_tiny
 
 SETTINGS = EngineSettings(max_slots=8, max_cache_length=512, max_prefill_length=384, decode_steps=4, dtype="float32",
                           mesh_tensor=1, mesh_fsdp=-1)
@@ -39,8 +40,13 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def engine(tiny):
+def loaded(tiny):
     return build_engine(str(tiny), SETTINGS, SamplingParams(max_tokens=16))
+
+
+@pytest.fixture(scope="module")
+def engine(loaded):
+    return loaded.engine
 
 
 def requests(tokenizer, n):
@@ -491,7 +497,7 @@ def test_tiny_pipeline_runs_its_optimiser_through_sq_jax_serve(served, tmp_path,
 
 def test_eval_answers_through_sq_jax_serve(served, tmp_path):
     from sq_jax.eval.runner import EvalConfig, _prompt_rows, load_items, run_eval
-    from sq_jax.models.tokenizer import SOLVER_INSTRUCTION
+    from sq_jax.prompts.solver import SOLVER_INSTRUCTION
     from sq_jax.sampling.generate_job import request_seed
 
     _wait_healthy(served)
@@ -512,12 +518,12 @@ def test_eval_answers_through_sq_jax_serve(served, tmp_path):
     assert [s["output"] for s in mine] == [c.message.content for c in direct.choices]
 
 
-def test_api_key_is_asked_only_when_configured(engine):
+def test_api_key_is_asked_only_when_configured(loaded):
     import openai
 
     from sq_jax.sampling.server import FrontSettings, Server
 
-    server = Server(engine, FrontSettings(grpc_port=None, http_port=0, model_name="tiny", api_key="s3cret"))
+    server = Server(loaded, FrontSettings(grpc_port=None, http_port=0, model_name="tiny", api_key="s3cret"))
     try:
         url = f"http://{server.http_address}/v1"
         with pytest.raises(openai.AuthenticationError):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from sq_jax.configlib import from_dict
-from sq_jax.models.tiny import build_tiny
+from sq_jax.toy.tiny import build_tiny
 from sq_jax.train.config import TrainConfig
 
 MICRO_SHAPE = dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=8, num_kv_heads=8, head_dim=8)

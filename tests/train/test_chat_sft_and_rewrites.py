@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from sq_jax.data.procedural import _make
-from sq_jax.data.procedural_rewrites import KEEP_ANALYSIS, iter_rewrite_examples
 from sq_jax.data.sources import DataError, Record, read_records
-from sq_jax.models.tiny import build_tiny
 from sq_jax.models.tokenizer import detect_prompt_format, encode_prompt, load_tokenizer
-from sq_jax.pipeline.optimiser import DIRECTIONS, optimiser_messages, parse_final_question
+from sq_jax.prompts.optimiser import DIRECTIONS, optimiser_messages, parse_final_question
+from sq_jax.toy.problems import make_problem as _make
+from sq_jax.toy.rewrites import KEEP_ANALYSIS, iter_rewrite_examples
+from sq_jax.toy.tiny import build_tiny
 from sq_jax.train.tasks import make_task
 from sq_jax.train.trainer import Trainer
 

@@ -203,7 +203,7 @@ def test_adapter_dropout_masks_each_adapter_input_with_a_mask_drawn_from_the_ste
     call order, keep ~ Bernoulli(1 - rate) from the module's stream (fold_in(key, module index)) and feeds the
     adapter x * keep / (1 - rate)."""
     from sq_jax.models.init import init_model
-    from sq_jax.models.tiny import tiny_config
+    from sq_jax.toy.tiny import tiny_config
     from sq_jax.train.config import LoraSection
     from sq_jax.train.lora import add_adapters, enable_dropout, merged_params
 
@@ -271,7 +271,7 @@ def test_lora_scorer_trains_adapters_and_its_fresh_score_head_and_exports_a_scor
 
 def test_adapters_keep_a_bfloat16_model_bfloat16_and_make_only_the_chosen_targets():
     from sq_jax.models.init import init_model
-    from sq_jax.models.tiny import tiny_config
+    from sq_jax.toy.tiny import tiny_config
     from sq_jax.train.config import LoraSection
     from sq_jax.train.lora import add_adapters
 

@@ -13,12 +13,12 @@ import yaml
 
 from sq_jax.cli import main
 from sq_jax.configlib import from_dict
-from sq_jax.models.tiny import tiny_config
+from sq_jax.models.transformer import REMAT_POLICIES
 from sq_jax.pipeline.config import load_pipeline
 from sq_jax.pipeline.plan import model_shape, plan_config, refuse_unfit_stages
+from sq_jax.toy.tiny import tiny_config
 from sq_jax.train import memory_plan
 from sq_jax.train.config import PROJECTIONS, TrainConfig
-from sq_jax.models.transformer import REMAT_POLICIES
 from sq_jax.train.memory_check import compiled_train_bytes, saved_residual_bytes
 from sq_jax.train.memory_plan import GiB, TrainShape, backward_residual_bytes, parse_device, too_big, train_plan
 

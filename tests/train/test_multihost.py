@@ -189,7 +189,7 @@ def test_two_process_pipeline_matches_one_process(micro_model, tmp_path):
             "difficulty": {"kind": "filter_difficulty", "inputs": {"questions": "questions"},
                            "config": {"model": str(micro_model), **scorer}},
             "responses": {"kind": "respond", "inputs": {"questions": "difficulty"}, "config": {
-                "model": str(micro_model), "samples": 2, "require_answer": False, "shard_size": 6,
+                "model": str(micro_model), "samples_per_prompt": 2, "require_answer": False, "shard_size": 6,
                 "backend": "raw", "engine": {**engine, "max_cache_length": 128, "max_prefill_length": 112},
                 "sampling": {"temperature": 1.0, "max_tokens": 8}}},
             "rewards": {"kind": "reward", "inputs": {"responses": "responses"},

@@ -92,7 +92,7 @@ def test_packed_logits_and_token_losses_equal_example_alone():
 
 
 def _examples(lengths: list[int], first_id: int = 0):
-    from sq_jax.data.pipeline import TokenizedExamples
+    from sq_jax.data.batching import TokenizedExamples
 
     tokens = [np.full(n, first_id + i + 1, np.int32) for i, n in enumerate(lengths)]
     return TokenizedExamples(tokens, [np.ones(n, np.int32) for n in lengths],
@@ -100,7 +100,7 @@ def _examples(lengths: list[int], first_id: int = 0):
 
 
 def test_data_shares_give_the_same_batches_in_one_process_as_in_two():
-    from sq_jax.data.pipeline import PackedBatches, concat_examples
+    from sq_jax.data.batching import PackedBatches, concat_examples
 
     rng = np.random.default_rng(0)
     shares = [_examples(rng.integers(3, 20, 40).tolist()), _examples(rng.integers(3, 20, 37).tolist(), 100)]

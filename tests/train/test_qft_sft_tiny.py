@@ -8,9 +8,10 @@ import pytest
 
 from sq_jax.configlib import load_config
 from sq_jax.models.hf_io import load_pretrained
-from sq_jax.models.tokenizer import PROMPT_FORMATS, encode_prompt, load_tokenizer, stop_token_ids
-from sq_jax.models.tiny import build_tiny
+from sq_jax.models.tokenizer import encode_prompt, load_tokenizer, stop_token_ids
+from sq_jax.prompts.formats import PROMPT_FORMATS
 from sq_jax.sampling.simple import generate
+from sq_jax.toy.tiny import build_tiny
 from sq_jax.train.config import TrainConfig
 from sq_jax.train.trainer import Trainer
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import base_config, kill_then_resume, make_config, train_losses, write_config
 from sq_jax.configlib import load_config
 from sq_jax.data.sources import DataError
-from sq_jax.models.tiny import build_tiny
+from sq_jax.toy.tiny import build_tiny
 from sq_jax.train.config import TrainConfig
 from sq_jax.train.trainer import Trainer
 

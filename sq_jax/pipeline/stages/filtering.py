@@ -17,7 +17,7 @@ from sq_jax.pipeline.filters import (
     language_problem,
     normalize,
 )
-from sq_jax.pipeline.stages import Kind, StageContext
+from sq_jax.pipeline.stages.base import Kind, StageContext
 
 
 def _split(ctx: StageContext, verdicts: Iterable[tuple[Mapping[str, Any], str | None]], field: str,

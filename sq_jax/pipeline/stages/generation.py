@@ -10,26 +10,32 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from sq_jax.configlib import fill
 from sq_jax.data.dataset import iter_part, part_name, write_part
 from sq_jax.data.sources import write_jsonl
 from sq_jax.eval.extract import extract_all_boxed, extract_answer
-from sq_jax.models.tokenizer import parse_judge_verdict
-from sq_jax.pipeline.stages import DROPPED, RECORDS, Kind, StageContext
+from sq_jax.eval.grading import GradeRequest, grade_many
 from sq_jax.parallel.distributed import sync
-from sq_jax.sampling.generate_job import GenerateConfig, PromptSection, SamplingSection, ShardSink, run_generate
-from sq_jax.sampling.server import EngineSettings
+from sq_jax.pipeline.stages.base import DROPPED, RECORDS, Kind, StageContext
+from sq_jax.prompts.judge import parse_judge_verdict
+from sq_jax.sampling.generate_job import GenerateConfig, PromptSection, ShardSink, run_generate
 
 
 @dataclasses.dataclass(frozen=True)
-class GenerationConfig:
-    model: str | None = None  # default: the `model` input's exported checkpoint
-    samples: int = 1
-    sampling: SamplingSection = dataclasses.field(default_factory=SamplingSection)
-    engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
-    backend: Literal["jetstream", "raw"] = "jetstream"
-    shard_size: int = 1000
-    window: int | None = None
+class GenerationConfig(GenerateConfig):
+    """The generate job's config (`sq-jax generate`: samples_per_prompt, sampling, engine, backend, shard_size,
+    window) with what the stage fills left open: `model` (the `model` input's export unless given), `output_dir`
+    (the stage's generate/ folder) and `prompts` (the stage's input, read as its kind reads it). The stage adds the
+    pipeline seed to `sampling.seed`."""
+
+    model: str | None = None
+    output_dir: str = ""
     limit: int | None = None  # first N input records (smoke runs)
+
+    def __post_init__(self) -> None:
+        # The job's own checks need its prompts: they run on the job config the stage builds.
+        if self.output_dir or self.prompts != PromptSection():
+            raise ValueError("output_dir and prompts are the stage's own (its folder and its input); remove them")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +65,8 @@ def generate(ctx: StageContext, cfg: GenerationConfig, mode: str, *, role: str |
             sync(f"prompts:{path}")
         prompts = PromptSection(mode=mode, path=str(path), field="question", id_field="id", judge_prompt=judge_prompt)
     sampling = dataclasses.replace(cfg.sampling, seed=cfg.sampling.seed + ctx.seed)
-    job = GenerateConfig(model=ctx.model("model", cfg.model), output_dir=str(ctx.dir / "generate"), prompts=prompts,
-                         samples_per_prompt=cfg.samples, sampling=sampling, engine=cfg.engine, backend=cfg.backend,
-                         shard_size=cfg.shard_size, window=cfg.window)
+    job = fill(GenerateConfig, cfg, model=ctx.model("model", cfg.model), output_dir=str(ctx.dir / "generate"),
+               prompts=prompts, sampling=sampling)
     manifest = run_generate(job, collective=ctx.collective, sink=sink)
     last = manifest["stats"].get("last_run", {})
     seconds = max(float(last.get("seconds", 0.0)), 1e-9)
@@ -194,8 +199,9 @@ def tally_verdicts(rows: list[dict[str, Any]], outputs: dict[str, dict[str, Any]
 def judge(ctx: StageContext, cfg: JudgeConfig) -> dict[str, Any]:
     """Solvability filter: the judge reasons, then gives its verdict (`parse_judge_verdict`, `verdict_of`).
     Dropped questions go to `dropped/` with the reason and the reply's end."""
-    if cfg.samples != 1:
-        raise ctx.error(f"samples={cfg.samples}: the judge gives one verdict per question; use samples: 1")
+    if cfg.samples_per_prompt != 1:
+        raise ctx.error(f"samples_per_prompt={cfg.samples_per_prompt}: the judge gives one verdict per question; "
+                        "use samples_per_prompt: 1")
 
     def convert(outputs: list[dict[str, Any]]) -> tuple[list[dict], list[dict], dict[str, int]]:
         counts, kept, dropped = verdict_counts(), [], []
@@ -244,14 +250,12 @@ def respond(ctx: StageContext, cfg: ResponseConfig) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class LabelConfig(GenerationConfig):
-    samples: int = 4  # solver attempts per seed question: the fail rate's resolution
+    samples_per_prompt: int = 4  # solver attempts per seed question: the fail rate's resolution
     grade_timeout_s: float = 5.0
 
 
 def difficulty_labels(ctx: StageContext, cfg: LabelConfig) -> dict[str, Any]:
     """Fail-rate labels: k solver attempts per seed question with a known answer, graded by the eval grader."""
-    from sq_jax.eval.grading import GradeRequest, grade_many
-
     rows = [r for r in _inputs(ctx, cfg, "seeds") if r.get("answer") not in (None, "")]  # seeds: a small set
     if not rows:
         raise ctx.error("no seed question has an `answer`; difficulty labels need gold answers")
@@ -268,8 +272,9 @@ def difficulty_labels(ctx: StageContext, cfg: LabelConfig) -> dict[str, Any]:
         for o, res in zip(outputs, results):
             right[o["prompt_id"]] += bool(res.correct)
             extracted += extract_answer(o["output"]) is not None
-    labelled = [{"id": r["id"], "question": r["question"], "score": 1.0 - right[r["id"]] / cfg.samples,
-                 "correct": right[r["id"]], "attempts": cfg.samples} for r in rows]
+    attempts = cfg.samples_per_prompt
+    labelled = [{"id": r["id"], "question": r["question"], "score": 1.0 - right[r["id"]] / attempts,
+                 "correct": right[r["id"]], "attempts": attempts} for r in rows]
     stats["mean_fail_rate"] = sum(x["score"] for x in labelled) / len(labelled)
     stats["extracted_answers"] = extracted
     stats["labelled"] = ctx.write_records(labelled)

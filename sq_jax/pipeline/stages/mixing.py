@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from sq_jax.data.dataset import dump_row
-from sq_jax.pipeline.stages import Kind, StageContext
+from sq_jax.pipeline.stages.base import Kind, StageContext
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,8 +7,11 @@ from typing import Any, Literal
 
 from sq_jax.data.sources import read_records
 from sq_jax.eval.extract import extract_answer, gsm8k_gold
-from sq_jax.pipeline.stages import Kind, StageContext
-from sq_jax.sampling.server import EngineSettings
+from sq_jax.pipeline.chat_backends import LocalBackend, OpenAIBackend
+from sq_jax.pipeline.optimise import optimise
+from sq_jax.pipeline.stages.base import Kind, StageContext
+from sq_jax.prompts.optimiser import check_directions
+from sq_jax.sampling.engine_factory import EngineSettings
 from sq_jax.train.config import SourceSection
 
 
@@ -81,15 +84,11 @@ class OptimiseConfig:
     directions: tuple[Literal["solvability", "difficulty"], ...] = ("solvability", "difficulty")
 
     def __post_init__(self) -> None:
-        from sq_jax.pipeline.optimiser import check_directions
-
         object.__setattr__(self, "directions", check_directions(self.directions))
 
 
 def optimise_stage(ctx: StageContext, cfg: OptimiseConfig) -> dict[str, Any]:
     """Pairs {id, chosen (rewrite), rejected (original), direction}; no prompt: QPO uses the pre-query template."""
-    from sq_jax.pipeline import optimiser
-
     rows = ctx.records("questions")
     rows = rows[: cfg.limit] if cfg.limit is not None else rows
     if cfg.backend == "openai":
@@ -97,17 +96,17 @@ def optimise_stage(ctx: StageContext, cfg: OptimiseConfig) -> dict[str, Any]:
         # The cache lives outside the stage folder: a changed setting downstream of the replies never pays twice.
         cache = o.cache_dir or str(ctx.output_dir / "_cache" / "optimiser")
         try:
-            backend = optimiser.OpenAIBackend(o.model, base_url=o.base_url, api_key_env=o.api_key_env,
-                                              timeout_s=o.timeout_s, max_retries=o.max_retries,
-                                              concurrency=o.concurrency, cache_dir=cache,
-                                              temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=ctx.seed)
+            backend = OpenAIBackend(o.model, base_url=o.base_url, api_key_env=o.api_key_env,
+                                    timeout_s=o.timeout_s, max_retries=o.max_retries,
+                                    concurrency=o.concurrency, cache_dir=cache,
+                                    temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=ctx.seed)
         except ValueError as e:
             raise ctx.error(str(e)) from None
     else:
-        backend = optimiser.LocalBackend(ctx.model("model", cfg.model), engine=cfg.engine,
-                                         temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                                         seed=ctx.seed)
-    pairs, stats = optimiser.optimise(rows, backend, seed=ctx.seed, directions=cfg.directions)
+        backend = LocalBackend(ctx.model("model", cfg.model), engine=cfg.engine,
+                               temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                               seed=ctx.seed)
+    pairs, stats = optimise(rows, backend, seed=ctx.seed, directions=cfg.directions)
     ctx.write_records(pairs)
     return stats
 

@@ -11,7 +11,12 @@ from typing import Any
 import numpy as np
 
 from sq_jax.data.dataset import read_json
-from sq_jax.pipeline.stages import STAGE_MANIFEST, Kind, StageContext
+from sq_jax.eval.equivalence import normalize_answer
+from sq_jax.models.tokenizer import detect_prompt_format, load_tokenizer
+from sq_jax.pipeline.score_job import load_scores, score_parts
+from sq_jax.pipeline.scoring import PackedScorer, describe, load_scorer
+from sq_jax.pipeline.stages.base import STAGE_MANIFEST, Kind, StageContext
+from sq_jax.train.tasks.scorer import score_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +52,6 @@ def encode_texts(tokenizer: Any, texts: list[str]) -> list[np.ndarray]:
 def _score_input(ctx: StageContext, role: str, encode: Any, model: Any, batch_size: int, max_length: int,
                  ) -> tuple[list[Any], dict[str, Any]]:
     """Score every part of input `role` (this process's share, resumable; see score_job); (parts, stats)."""
-    from sq_jax.pipeline.score_job import score_parts
-    from sq_jax.pipeline.scoring import PackedScorer
-
     parts = ctx.input_parts(role)
     upstream = {p["name"]: p["rows"] for p in read_json(ctx.inputs[role] / STAGE_MANIFEST).get("parts", [])}
     rows = [upstream[p.name] for p in parts] if all(p.name in upstream for p in parts) else None
@@ -64,11 +66,6 @@ def difficulty(ctx: StageContext, cfg: DifficultyConfig) -> dict[str, Any]:
 
     Every process scores its share of the input's parts (resumable); process 0 then reads the scores (4 bytes a
     question), finds the cut and streams the questions once more into kept and dropped."""
-    from sq_jax.models.tokenizer import detect_prompt_format, load_tokenizer
-    from sq_jax.pipeline.score_job import load_scores
-    from sq_jax.pipeline.scoring import describe, load_scorer
-    from sq_jax.train.tasks.scorer import score_text
-
     path = ctx.model("scorer", cfg.model)
     model = load_scorer(path, head=cfg.head, dtype=cfg.dtype)
     model.config.check_length(cfg.max_length, f"stages.{ctx.name}.config.max_length")
@@ -118,8 +115,6 @@ def reward_inputs(tokenizer: Any, query: str, response: str) -> list[int]:
 
 
 def _majority(answers: list[str | None]) -> tuple[str | None, float]:
-    from sq_jax.eval.equivalence import normalize_answer
-
     keys = [normalize_answer(a) if a else None for a in answers]
     counts = collections.Counter(k for k in keys if k)
     if not counts:
@@ -155,10 +150,6 @@ def reward(ctx: StageContext, cfg: RewardConfig) -> dict[str, Any]:
 
     Every process scores its share of the responses' parts (resumable at part granularity); process 0 then
     streams responses and scores side by side and writes one ranked row per question."""
-    from sq_jax.models.tokenizer import load_tokenizer
-    from sq_jax.pipeline.score_job import load_scores
-    from sq_jax.pipeline.scoring import describe, load_scorer
-
     path = ctx.model("model", cfg.model)
     tokenizer = load_tokenizer(path, trust_remote_code=cfg.trust_remote_code,
                                setting=f"stages.{ctx.name}.config.trust_remote_code")

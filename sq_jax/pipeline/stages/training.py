@@ -6,47 +6,55 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from sq_jax.configlib import ConfigError, from_dict
-from sq_jax.pipeline.stages import Kind, StageContext, RECORDS
-from sq_jax.train.config import TrainConfig
+from sq_jax.configlib import fill
+from sq_jax.pipeline.stages.base import RECORDS, Kind, StageContext, refuse_output_dir
+from sq_jax.toy.tiny import build_tiny
+from sq_jax.train.config import DataSection, ModelSection, SourceSection, TrainConfig
+from sq_jax.train.trainer import Trainer
 
-_FILLED = "<filled by the pipeline>"
+
+@dataclasses.dataclass(frozen=True)
+class StageModelSection(ModelSection):
+    path: str | None = None  # default: the `model` input's exported checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class StageDataSection(DataSection):
+    sources: list[SourceSection] = dataclasses.field(default_factory=list)  # read after the `data` input's records
+
+
+@dataclasses.dataclass(frozen=True)
+class StageTrainConfig(TrainConfig):
+    """The trainer's config (as in configs/qft/*.yaml) with what the pipeline fills left open: `model.path` (the
+    `model` input's export unless given), the first data source (the `data` input's records, when there is one) and
+    `output_dir` (the stage folder). Checked whole when the pipeline file loads."""
+
+    model: StageModelSection = dataclasses.field(default_factory=StageModelSection)
+    data: StageDataSection = dataclasses.field(default_factory=StageDataSection)
+    output_dir: str = ""
+
+    def __post_init__(self) -> None:
+        refuse_output_dir(self.output_dir, "a training stage")
+        super().__post_init__()
+
+    def filled(self, model: str | None, data: str | None, output_dir: str) -> TrainConfig:
+        """The trainer's config: the model path (when the stage's own is not set), the data input's records and
+        the stage folder filled in."""
+        sources = ([SourceSection(path=data)] if data is not None else []) + list(self.data.sources)
+        model_section = fill(ModelSection, self.model, path=self.model.path or model)
+        return fill(TrainConfig, self, output_dir=output_dir, model=model_section,
+                    data=fill(DataSection, self.data, sources=sources))
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainStageConfig:
-    """A training config (as in configs/qft/*.yaml); `model.path` may come from the `model` input, the data from
-    the `data` input (extra `data.sources` are added after it), `output_dir` is the stage folder."""
-
-    train: dict[str, Any]
-
-    def __post_init__(self) -> None:
-        # Check the whole training config now, with placeholders for what the pipeline fills in.
-        try:
-            from_dict(TrainConfig, _filled(self.train, _FILLED, _FILLED, _FILLED), where="train")
-        except ConfigError as e:
-            raise ConfigError(f"train: {e}") from None
-
-
-def _filled(train: dict[str, Any], model: str | None, data: str | None, output_dir: str) -> dict[str, Any]:
-    out = {**train, "output_dir": output_dir, "model": dict(train.get("model", {})),
-           "data": dict(train.get("data", {}))}
-    if model is not None and "path" not in out["model"]:
-        out["model"]["path"] = model
-    sources = list(out["data"].get("sources", []))
-    if data is not None:
-        sources = [{"path": data}] + sources
-    out["data"]["sources"] = sources
-    out.setdefault("checkpoint", {})
-    return out
+    train: StageTrainConfig
 
 
 def train(ctx: StageContext, cfg: TrainStageConfig) -> dict[str, Any]:
-    from sq_jax.train.trainer import Trainer
-
-    model = None if "path" in cfg.train.get("model", {}) else ctx.model("model")
+    model = None if cfg.train.model.path else ctx.model("model")
     data = str(ctx.inputs["data"] / RECORDS) if "data" in ctx.inputs else None
-    train_cfg = from_dict(TrainConfig, _filled(cfg.train, model, data, str(ctx.dir)), where=f"stage {ctx.name}")
+    train_cfg = cfg.train.filled(model, data, str(ctx.dir))
     if not train_cfg.checkpoint.export_hf:
         raise ctx.error("checkpoint.export_hf must stay true: later stages read the trained model from hf/")
     result = Trainer(train_cfg).train()
@@ -62,8 +70,6 @@ class TinyModelConfig:
 def tiny_model(ctx: StageContext, cfg: TinyModelConfig) -> dict[str, Any]:
     """The embedded tiny qwen2 model and tokenizer (what `sq-jax init-tiny` builds), so the tiny default
     pipeline needs no download."""
-    from sq_jax.models.tiny import build_tiny
-
     build_tiny(ctx.dir / "hf", seed=cfg.seed)
     return {"model": str(ctx.dir / "hf")}
 

@@ -6,9 +6,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from sq_jax.data.pipeline import TokenizedExamples, tokenize_records
+from sq_jax.data.batching import TokenizedExamples, tokenize_records
 from sq_jax.data.sources import DataError, Record
-from sq_jax.models.tokenizer import PromptFormat, encode_prompt
+from sq_jax.models.tokenizer import encode_prompt
+from sq_jax.prompts.formats import PromptFormat
 from sq_jax.train.config import DataSection, TrainConfig
 from sq_jax.train.step import lm_loss
 
@@ -25,8 +26,16 @@ class LMTask:
         self.tokenizer, self.fmt, self.cfg = tokenizer, fmt, cfg
         self.loss_fn = lm_loss
 
-    def row_length(self, data: DataSection) -> int:
+    @classmethod
+    def row_length(cls, data: DataSection) -> int:
         return data.row_length or data.max_length
+
+    @classmethod
+    def resume_sections(cls, cfg: TrainConfig) -> dict[str, Any]:
+        return {}  # the loop's sections say it all
+
+    def step_counts(self, count: float) -> dict[str, float]:
+        return {}  # the count is the tokens, logged already
 
     def build_examples(self, records: Sequence[Record]) -> TokenizedExamples:
         d = self.cfg.data

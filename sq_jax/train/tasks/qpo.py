@@ -9,10 +9,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from sq_jax.configlib import to_dict
 from sq_jax.data.pairs import PreferencePairs, tokenize_pairs
 from sq_jax.data.sources import DataError, Record
-from sq_jax.models.tokenizer import PromptFormat, encode_prompt, prompt_format_mismatch
+from sq_jax.models.tokenizer import encode_prompt
 from sq_jax.models.transformer import Transformer
+from sq_jax.prompts.formats import PromptFormat, prompt_format_mismatch
 from sq_jax.train.config import DataSection, PreferenceSection, TrainConfig
 from sq_jax.train.losses import completion_logps, preference_losses
 from sq_jax.train.step import LossFn
@@ -61,8 +63,16 @@ class QPOTask:
         self.needs_reference = not self.pref.reference_free
         self.loss_fn = make_preference_loss(self.pref)
 
-    def row_length(self, data: DataSection) -> int:
-        return data.row_length or 2 * data.max_length
+    @classmethod
+    def row_length(cls, data: DataSection) -> int:
+        return data.row_length or 2 * data.max_length  # a pair's two sequences share a row
+
+    @classmethod
+    def resume_sections(cls, cfg: TrainConfig) -> dict[str, Any]:
+        return {"preference": to_dict(cfg.preference)}
+
+    def step_counts(self, count: float) -> dict[str, float]:
+        return {"pairs": count}
 
     def _completion(self, text: str) -> list[int]:
         # The generator ends a question with its end-of-question text (as in QFT); the pairs must too, or QPO

@@ -13,8 +13,9 @@ import numpy as np
 
 from sq_jax.data.packing import assemble_row
 from sq_jax.data.sources import DataError, Record
-from sq_jax.models.tokenizer import PromptFormat, encode_prompt
+from sq_jax.models.tokenizer import encode_prompt
 from sq_jax.models.transformer import Transformer
+from sq_jax.prompts.formats import PromptFormat
 from sq_jax.train.config import DataSection, TrainConfig
 from sq_jax.train.losses import segment_last_values
 
@@ -65,8 +66,16 @@ class ScorerTask:
             raise ValueError("task scorer needs model.head: score (a scalar head on the language model)")
         self.loss_fn = self._loss
 
-    def row_length(self, data: DataSection) -> int:
+    @classmethod
+    def row_length(cls, data: DataSection) -> int:
         return data.row_length or data.max_length
+
+    @classmethod
+    def resume_sections(cls, cfg: TrainConfig) -> dict[str, Any]:
+        return {}  # the score head is model.head, in the loop's model section
+
+    def step_counts(self, count: float) -> dict[str, float]:
+        return {}
 
     def build_examples(self, records: Sequence[Record]) -> ScoredExamples:
         d = self.cfg.data

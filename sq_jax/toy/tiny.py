@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sq_jax.data.procedural import generate_problems
 from sq_jax.models.config import ModelConfig
 from sq_jax.models.hf_io import save_pretrained
 from sq_jax.models.init import init_model
-from sq_jax.models.tiny_tokenizer import train_tiny_tokenizer
-from sq_jax.models.tokenizer import get_prompt_format
+from sq_jax.prompts.formats import get_prompt_format
+from sq_jax.prompts.optimiser import DIRECTIONS, optimiser_messages
+from sq_jax.toy.problems import generate_problems
+from sq_jax.toy.tokenizer import train_tiny_tokenizer
 
 TINY_SHAPE = dict(
     hidden_size=256, intermediate_size=704, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
@@ -39,9 +40,6 @@ def build_tiny(
     """Train the tokenizer on procedural questions and solutions, init the model from `seed`, save both.
 
     `shape` overrides TINY_SHAPE (tests use an even smaller model)."""
-    # Lazy: the pipeline package imports the model modules.
-    from sq_jax.pipeline.optimiser import DIRECTIONS, optimiser_messages
-
     out = Path(out_dir)
     problems = generate_problems(num_texts, seed=seed, unsolvable_fraction=0.1)
     fmt = get_prompt_format("qwen")

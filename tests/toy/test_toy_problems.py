@@ -1,4 +1,4 @@
-"""Tests for the procedural toy-problem generator (sq_jax.data.procedural)."""
+"""Tests for the procedural toy-problem generator (sq_jax.toy.problems)."""
 
 import dataclasses
 import json
@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from sq_jax.data.procedural import TEMPLATES, ToyProblem, generate_problems, iter_problems
+from sq_jax.toy.problems import TEMPLATES, ToyProblem, generate_problems, iter_problems
 
 EQUATION = re.compile(r"(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(\d+)")
 BOXED = re.compile(r"\\boxed\{(-?\d+)\}")

@@ -1,4 +1,4 @@
-"""The dataset export, and evaluation of the tuned student."""
+"""The dataset export: JSONL and Parquet shards, a `datasets` dataset on disk, its card, a copy or a hub push."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import itertools
 import json
 import os
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 from sq_jax.data.dataset import atomic_open
+from sq_jax.data.remote import upload
 from sq_jax.data.sources import write_jsonl
-from sq_jax.pipeline.stages import Kind, StageContext
-from sq_jax.sampling.server import EngineSettings
+from sq_jax.pipeline.report_markdown import report_markdown
+from sq_jax.pipeline.stages.base import Kind, StageContext
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +35,7 @@ def _export_row(r: dict[str, Any]) -> dict[str, Any]:
 
 def _write_shards(ctx: StageContext, rows: Iterator[dict[str, Any]], shard_rows: int) -> tuple[int, list[str]]:
     """`data/train-NNNNN.{jsonl,parquet}`, `shard_rows` rows each, one shard in memory at a time."""
-    import pyarrow as pa
+    import pyarrow as pa  # heavy, like `datasets` in `export`: loaded by this stage alone
     import pyarrow.parquet as pq
 
     schema = pa.schema([("query", pa.string()), ("response", pa.string()), ("id", pa.string()),
@@ -56,9 +57,7 @@ def export(ctx: StageContext, cfg: ExportConfig) -> dict[str, Any]:
     """A `datasets` dataset on disk (query, response + provenance), JSONL and Parquet shards, and a dataset card.
     Streams: the shards are written one at a time, and the dataset is built from the Parquet shards (memory-mapped
     Arrow, not rows in Python)."""
-    import datasets
-
-    from sq_jax.pipeline.runner import report_markdown
+    import datasets  # heavy (pandas, pyarrow, fsspec): only the export stage needs it
 
     total, parquet = _write_shards(ctx, ctx.iter_records("data"), cfg.shard_rows)
     if not parquet:
@@ -79,8 +78,6 @@ def export(ctx: StageContext, cfg: ExportConfig) -> dict[str, Any]:
         pushed = cfg.push_to_hub
     copied = None
     if cfg.copy_to:  # the dataset folder, the JSONL/Parquet shards and the card, as laid out here
-        from sq_jax.data.remote import upload
-
         for name in ("dataset", "data", "README.md"):
             upload(ctx.dir / name, f"{cfg.copy_to.rstrip('/')}/{name}")
         copied = cfg.copy_to
@@ -88,35 +85,4 @@ def export(ctx: StageContext, cfg: ExportConfig) -> dict[str, Any]:
     return {"rows": total, "shards": len(parquet), "pushed_to": pushed, "copied_to": copied}
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalStageConfig:
-    benchmarks: list[str] = dataclasses.field(
-        default_factory=lambda: ["gsm8k", "math500", "college_math", "olympiadbench"])
-    data_dir: str | None = None
-    paths: dict[str, str] = dataclasses.field(default_factory=dict)  # benchmark -> local test file (college_math)
-    limit: int | None = None
-    max_tokens: int = 2048
-    engine: EngineSettings = dataclasses.field(
-        default_factory=lambda: EngineSettings(max_cache_length=4096, max_prefill_length=2048))
-    backend: Literal["jetstream", "raw"] = "jetstream"
-    model: str | None = None
-
-
-def evaluate(ctx: StageContext, cfg: EvalStageConfig) -> dict[str, Any]:
-    from sq_jax.eval.benchmarks import benchmark_path
-    from sq_jax.eval.runner import EvalConfig, run_eval
-
-    for name in cfg.benchmarks:  # before any model loads: a missing local file names this stage's key
-        benchmark_path(name, data_dir=cfg.data_dir, paths=cfg.paths, prefix=f"stages.{ctx.name}.config.")
-    report = run_eval(EvalConfig(model=ctx.model("model", cfg.model), output_dir=str(ctx.dir),
-                                 benchmarks=list(cfg.benchmarks), data_dir=cfg.data_dir, paths=dict(cfg.paths),
-                                 limit=cfg.limit,
-                                 max_tokens=cfg.max_tokens, engine=cfg.engine, backend=cfg.backend),
-                      collective=ctx.collective)
-    return {name: round(m["accuracy"], 2) for name, m in report["metrics"].items()}
-
-
-KINDS = {
-    "export": Kind(ExportConfig, export, required_inputs=("data",)),
-    "eval": Kind(EvalStageConfig, evaluate, optional_inputs=("model",), produces="report"),
-}
+KINDS = {"export": Kind(ExportConfig, export, required_inputs=("data",))}

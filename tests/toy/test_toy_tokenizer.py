@@ -7,14 +7,14 @@ import random
 import pytest
 from transformers import AutoTokenizer
 
-from sq_jax.models.tiny_tokenizer import train_tiny_tokenizer
+from sq_jax.toy.tokenizer import train_tiny_tokenizer
 from sq_jax.models.tokenizer import (
-    PROMPT_FORMATS,
     detect_prompt_format,
     encode_prompt,
     load_tokenizer,
     stop_token_ids,
 )
+from sq_jax.prompts.formats import PROMPT_FORMATS
 
 QWEN = PROMPT_FORMATS["qwen"]
 

@@ -1,43 +1,29 @@
-"""Offline, deterministic generator of grade-school math word problems with known answers.
+"""The toy word-problem templates: each builds one scenario of a given number of arithmetic steps.
 
-It is the seed data of the tiny default pipeline (no third-party data ships with the repo) and
-the ground truth for solvability and difficulty: ``steps`` counts the arithmetic operations.
+A template computes only through `Build.op`, so the question text, the worked solution and the answer agree, and
+marks with `Build.key` the one quantity that the unsolvable variant leaves out.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import math
 import operator
 import random
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
-__all__ = ["TEMPLATES", "ToyProblem", "generate_problems", "iter_preference_pairs", "iter_problems"]
+from sq_jax.toy.words import (
+    GIRLS, BOYS, SHOP, SHARE, MODES, CHORES, BUYS, GOALS, DISHES, INGS, PLACES, ROOMS, SALE, PACK_ITEMS,
+    COLLECT, RELATIVES, DAYS, JOBS, VEHICLES, TIMES, PARTS,
+)
 
+__all__ = ["BUILDERS", "MAX_STEPS", "TEMPLATES", "Build"]
 
-@dataclass(frozen=True)
-class ToyProblem:
-    """One word problem. Unsolvable ones have ``answer == -1`` and no boxed answer."""
-
-    id: str
-    question: str
-    answer: int
-    solution: str
-    steps: int
-    template: str
-    solvable: bool
-
-    def to_record(self) -> dict[str, str | int | bool]:
-        """Plain JSON-serialisable dict of all fields."""
-        return dataclasses.asdict(self)
-
+MAX_STEPS = 10**6  # the step bound of templates that take any number
 
 _OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.floordiv}
 
 
-class _Build:
+class Build:
     """Records steps; templates compute only through ``op`` so text, steps and answer agree."""
 
     def __init__(self, drop: bool) -> None:
@@ -61,41 +47,10 @@ class _Build:
         return vague if self.drop else known
 
 
-_GIRLS = "Ava Mia Lena Sofia Zoe Nora Priya Emma Chloe Hana Ines Maya Rosa Yara Lucia Grace".split()
-_BOYS = "Liam Noah Omar Ravi Leo Ethan Diego Kenji Sam Tom Hugo Felix Amir Jonas Marco Ben".split()
-# Multi-word entries are "|"-separated; pairs and triples use ":".
-_SHOP = "notebooks pencils apples oranges stickers erasers muffins bananas markers candles " \
-        "postcards cupcakes".split()
-_SHARE = [tuple(x.split(":")) for x in "cookies:jars marbles:bags stickers:sheets crayons:boxes "
-          "candies:bags cards:packs beads:boxes strawberries:baskets".split()]
-_MODES = [("drives", 40, 90), ("cycles", 10, 25), ("walks", 3, 6), ("skates", 8, 15),
-          ("rides a horse", 8, 20), ("rows a boat", 3, 8), ("rides a motorbike", 30, 70)]
-_CHORES = "washing cars|walking dogs|mowing lawns|babysitting|selling lemonade".split("|")
-_BUYS = "a book|a board game|snacks|a gift|a toy|a movie ticket|stickers".split("|")
-_GOALS = "bike tablet telescope guitar skateboard camera".split()
-_DISHES = "pancakes|muffins|cookies|bread rolls|waffles|scones".split("|")
-_INGS = "flour sugar milk oats rice water cocoa yogurt raisins cream".split()
-_PLACES = "garden|field|playground|parking lot|pool|yard|patio|farm plot".split("|")
-_ROOMS = ("kitchen|bedroom|living room|hallway|bathroom|office|garage|pantry|playroom|"
-          "dining room|study|laundry room").split("|")
-_SALE = "jacket bike lamp backpack tent watch guitar helmet scarf".split()
-_PACK_ITEMS = "balloons|paper plates|cups|party hats|juice boxes|napkins".split("|")
-_COLLECT = "stamps|marbles|seashells|trading cards|coins|buttons|bottle caps".split("|")
-_RELATIVES = "aunt uncle grandmother grandfather cousin".split()
-_DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
-_JOBS = [tuple(x.split(":")) for x in ("bakers:bake:loaves of bread|packers:pack:boxes|"
-         "painters:paint:chairs|tailors:sew:shirts|volunteers:plant:trees|"
-         "carpenters:build:birdhouses|workers:assemble:toys").split("|")]
-_VEHICLES = "bus train tram ferry".split()
-_TIMES = {2: "twice", 3: "three times", 4: "four times"}
-_PARTS = {2: "half", 3: "one third", 4: "one quarter"}
-_UNBOUNDED = 10**6
-
-
 def _people(r: random.Random, k: int = 1) -> list[tuple[str, str, str, str, str]]:
     """k distinct people as (name, he, him, his, He) with matching pronouns."""
-    return [(n, "she", "her", "her", "She") if n in _GIRLS else (n, "he", "him", "his", "He")
-            for n in r.sample(_GIRLS + _BOYS, k)]
+    return [(n, "she", "her", "her", "She") if n in GIRLS else (n, "he", "him", "his", "He")
+            for n in r.sample(GIRLS + BOYS, k)]
 
 
 def _join(parts: list[str]) -> str:
@@ -121,11 +76,11 @@ def _moves(r: random.Random, v: int, n: int, hi: int, mod: int = 1) -> list[tupl
     return out
 
 
-def _shopping(r: random.Random, s: int, b: _Build) -> str:
+def _shopping(r: random.Random, s: int, b: Build) -> str:
     (name, he, _, _, He), = _people(r)
     k = (s + 1) // 2  # k products cost 2k - 1 steps; an even s adds the change
     hide, parts, total = r.randrange(k), [], 0
-    for i, item in enumerate(r.sample(_SHOP, k)):
+    for i, item in enumerate(r.sample(SHOP, k)):
         q, p = r.randint(2, 9), r.randint(1, 12)
         qs = b.key(str(q), "some", f"how many {item} {name} buys") if i == hide else str(q)
         parts.append(f"{qs} {item} at ${p} each")
@@ -139,9 +94,9 @@ def _shopping(r: random.Random, s: int, b: _Build) -> str:
     return text + f" {He} pays with ${bill}. How much change does {he} get?"
 
 
-def _sharing(r: random.Random, s: int, b: _Build) -> str:
+def _sharing(r: random.Random, s: int, b: Build) -> str:
     (name, he, _, his, He), (pal, *_) = _people(r, 2)
-    item, box = r.choice(_SHARE)
+    item, box = r.choice(SHARE)
     if s == 1:
         f = r.randint(2, 9)
         v = f * r.randint(2, 12)
@@ -164,9 +119,9 @@ def _sharing(r: random.Random, s: int, b: _Build) -> str:
     return " ".join(text)
 
 
-def _travel(r: random.Random, s: int, b: _Build) -> str:
+def _travel(r: random.Random, s: int, b: Build) -> str:
     (name, he, _, _, _), = _people(r)
-    verb, lo, hi = r.choice(_MODES)
+    verb, lo, hi = r.choice(MODES)
     if s == 1 and r.random() < 0.5:
         v, t = r.randint(lo, hi), r.randint(2, 6)
         dist = b.key(f"{v * t} km", "a long way", f"how far {name} travels")
@@ -189,7 +144,7 @@ def _travel(r: random.Random, s: int, b: _Build) -> str:
     return " ".join(parts) + f" The trip is {trip} km. How many km does {he} still have to go?"
 
 
-def _ages(r: random.Random, s: int, b: _Build) -> str:
+def _ages(r: random.Random, s: int, b: Build) -> str:
     ppl = [p[0] for p in _people(r, s + 1)]
     age, hide = r.randint(4, 40), r.randrange(s)
     text = [f"{ppl[0]} is {age} years old."]
@@ -204,7 +159,7 @@ def _ages(r: random.Random, s: int, b: _Build) -> str:
         else:
             d = (r.randint(2, 4 if age <= 12 else 3) if sym == "*" else
                  r.choice([m for m in (2, 3, 4) if age % m == 0 and age // m >= 2]))
-            rel = f"{(_TIMES if sym == '*' else _PARTS)[d]} as old as"
+            rel = f"{(TIMES if sym == '*' else PARTS)[d]} as old as"
         vague = "older than" if sym in "+*" else "younger than"
         if i == hide:
             rel = b.key(rel, vague, f"how {ppl[i + 1]}'s age compares to {ppl[i]}'s")
@@ -213,7 +168,7 @@ def _ages(r: random.Random, s: int, b: _Build) -> str:
     return " ".join(text) + f" How old is {ppl[-1]}?"
 
 
-def _savings(r: random.Random, s: int, b: _Build) -> str:
+def _savings(r: random.Random, s: int, b: Build) -> str:
     (name, he, him, his, He), = _people(r)
     w, n = r.randint(2, 25), r.randint(2, 12)
     ws = b.key(f"${w}", "some money", f"how much {name} saves each week")
@@ -222,26 +177,26 @@ def _savings(r: random.Random, s: int, b: _Build) -> str:
     goal = s >= 2 and r.random() < 0.35
     for sym, d in _moves(r, v, s - 1 - goal, 40):
         if sym == "-":
-            text.append(f"{He} spends ${d} on {r.choice(_BUYS)}.")
+            text.append(f"{He} spends ${d} on {r.choice(BUYS)}.")
         elif r.random() < 0.5:
-            text.append(f"{He} also earns ${d} {r.choice(_CHORES)}.")
+            text.append(f"{He} also earns ${d} {r.choice(CHORES)}.")
         else:
-            text.append(f"{He} gets ${d} from {his} {r.choice(_RELATIVES)}.")
+            text.append(f"{He} gets ${d} from {his} {r.choice(RELATIVES)}.")
         v = b.op(v, sym, d, f"Then {he} has")
     if not goal:
         return " ".join(text) + f" How much money does {he} have now?"
     price = v + r.randint(5, 60)
     b.op(price, "-", v, f"{He} still needs")
-    return " ".join(text) + (f" {He} wants a {r.choice(_GOALS)} that costs ${price}. "
+    return " ".join(text) + (f" {He} wants a {r.choice(GOALS)} that costs ${price}. "
                              f"How much more money does {he} need?")
 
 
-def _recipe(r: random.Random, s: int, b: _Build) -> str:
+def _recipe(r: random.Random, s: int, b: Build) -> str:
     (name, he, _, _, _), = _people(r)
-    dish, batches = r.choice(_DISHES), r.randint(2, 6)
+    dish, batches = r.choice(DISHES), r.randint(2, 6)
     scale = s >= 2 and r.random() < 0.5  # scaling by servings costs one division
     m = s - scale
-    ings, amts, hide = r.sample(_INGS, m), [r.randint(2, 6) for _ in range(m)], r.randrange(m)
+    ings, amts, hide = r.sample(INGS, m), [r.randint(2, 6) for _ in range(m)], r.randrange(m)
     parts = [f"{a} cups of {g}" if i != hide else
              b.key(f"{a} cups of {g}", f"some {g}", f"how much {g} the recipe needs")
              for i, (a, g) in enumerate(zip(amts, ings))]
@@ -260,9 +215,9 @@ def _recipe(r: random.Random, s: int, b: _Build) -> str:
     return text + f" How many {what} does {he} need in total?"
 
 
-def _rectangle(r: random.Random, s: int, b: _Build) -> str:
+def _rectangle(r: random.Random, s: int, b: Build) -> str:
     if s <= 2 or (s == 3 and r.random() < 0.5):
-        place, l, w = r.choice(_PLACES), r.randint(3, 30), r.randint(2, 20)
+        place, l, w = r.choice(PLACES), r.randint(3, 30), r.randint(2, 20)
         wide = b.key(f" and {w} m wide", "", f"how wide the {place} is")
         text = f"A {place} is {l} m long{wide}."
         if s == 1:
@@ -277,7 +232,7 @@ def _rectangle(r: random.Random, s: int, b: _Build) -> str:
     (name, _, _, _, _), = _people(r)
     k = (s + 1) // 2  # k rooms cost 2k - 1 steps; an even s adds the carpet price
     hide, parts, total = r.randrange(k), [], 0
-    for i, room in enumerate(r.sample(_ROOMS, k)):
+    for i, room in enumerate(r.sample(ROOMS, k)):
         l, w = r.randint(2, 9), r.randint(2, 8)
         dims = f"{l} m by {w} m"
         if i == hide:
@@ -293,9 +248,9 @@ def _rectangle(r: random.Random, s: int, b: _Build) -> str:
     return text + f" Carpet costs ${p} per square meter. How much does it cost to carpet them all?"
 
 
-def _discount(r: random.Random, s: int, b: _Build) -> str:
+def _discount(r: random.Random, s: int, b: Build) -> str:
     (name, he, _, _, _), = _people(r)
-    item, pct = r.choice(_SALE), r.choice([10, 15, 20, 25, 30, 40, 50, 60, 75])
+    item, pct = r.choice(SALE), r.choice([10, 15, 20, 25, 30, 40, 50, 60, 75])
     unit = 100 // math.gcd(pct, 100)  # smallest price whose discount is whole dollars
     price = unit * r.randint(max(1, 10 // unit), 400 // unit)
     off_text = b.key(f"{pct}% off", "on sale", "how big the discount is")
@@ -316,9 +271,9 @@ def _discount(r: random.Random, s: int, b: _Build) -> str:
     return text + f" and pays with ${bill}. How much change does {he} get?"
 
 
-def _packs(r: random.Random, s: int, b: _Build) -> str:
+def _packs(r: random.Random, s: int, b: Build) -> str:
     (name, he, _, _, He), = _people(r)
-    item = r.choice(_PACK_ITEMS)
+    item = r.choice(PACK_ITEMS)
     guests = s >= 3 or (s == 2 and r.random() < 0.5)  # counting guests costs one product
     if guests:
         g, per = r.randint(3, 12), r.randint(2, 5)
@@ -344,13 +299,13 @@ def _packs(r: random.Random, s: int, b: _Build) -> str:
     return text + f" {He} pays with ${bill}. How much change does {he} get?"
 
 
-def _collecting(r: random.Random, s: int, b: _Build) -> str:
+def _collecting(r: random.Random, s: int, b: Build) -> str:
     (name, he, him, his, _), (pal, *_) = _people(r, 2)
-    thing, v = r.choice(_COLLECT), r.randint(5, 60)
+    thing, v = r.choice(COLLECT), r.randint(5, 60)
     start = b.key(f"{v} {thing}", f"a box of {thing}", f"how many {thing} {name} starts with")
     text, left, day = [f"{name} has {start}."], s, 0
     while left:
-        when = f"On {_DAYS[day]}," if day < len(_DAYS) else "After that,"
+        when = f"On {DAYS[day]}," if day < len(DAYS) else "After that,"
         day += 1
         ok = {"+": True, "-": v > 1, "*": v <= 60, "/": v % 2 == 0, "rate": left >= 2}
         kind = r.choice([o for o, good in ok.items() if good])
@@ -364,15 +319,15 @@ def _collecting(r: random.Random, s: int, b: _Build) -> str:
         text.append(when + {
             "+": f" {he} buys {d} more.",
             "-": f" {he} gives {d} of them to {pal}.",
-            "*": f" {his} {r.choice(_RELATIVES)} gives {him} as many {thing} as {he} already has.",
+            "*": f" {his} {r.choice(RELATIVES)} gives {him} as many {thing} as {he} already has.",
             "/": f" {he} gives half of {his} {thing} to {pal}."}[kind])
         v = b.op(v, kind, d, f"Then {he} has")
         left -= 1
     return " ".join(text) + f" How many {thing} does {name} have now?"
 
 
-def _workers(r: random.Random, s: int, b: _Build) -> str:
-    team, verb, item = r.choice(_JOBS)
+def _workers(r: random.Random, s: int, b: Build) -> str:
+    team, verb, item = r.choice(JOBS)
     n, rate = r.randint(2, 9), r.randint(2, 12)
     rs = b.key(f"{rate} {item} per hour", f"{item} at a steady pace",
                f"how many {item} each of the {team} makes per hour")
@@ -393,7 +348,7 @@ def _workers(r: random.Random, s: int, b: _Build) -> str:
     return text + f" After {h} hours of work, how many more hours do they need to finish the order?"
 
 
-def _reading(r: random.Random, s: int, b: _Build) -> str:
+def _reading(r: random.Random, s: int, b: Build) -> str:
     (name, he, _, _, He), = _people(r)
     r1, d1 = r.randint(5, 30), r.randint(2, 9)
     if s == 1:
@@ -417,8 +372,8 @@ def _reading(r: random.Random, s: int, b: _Build) -> str:
     return text + f" Then {he} reads {r2} pages a day. How many more days does {he} need to finish?"
 
 
-def _bus(r: random.Random, s: int, b: _Build) -> str:
-    vehicle, v = r.choice(_VEHICLES), r.randint(5, 40)
+def _bus(r: random.Random, s: int, b: Build) -> str:
+    vehicle, v = r.choice(VEHICLES), r.randint(5, 40)
     ps = b.key(f"{v} passengers", "some passengers", "how many passengers it starts with")
     text = [f"A {vehicle} leaves its first stop with {ps}."]
     for i, (sym, d) in enumerate(_moves(r, v, s, 15)):
@@ -429,71 +384,19 @@ def _bus(r: random.Random, s: int, b: _Build) -> str:
 
 
 # name -> (builder, fewest steps, most steps); a builder uses exactly the steps it is given.
-_TEMPLATES: dict[str, tuple[Callable[[random.Random, int, _Build], str], int, int]] = {
-    "shopping": (_shopping, 1, 2 * len(_SHOP)),
-    "sharing": (_sharing, 1, _UNBOUNDED),
+BUILDERS: dict[str, tuple[Callable[[random.Random, int, Build], str], int, int]] = {
+    "shopping": (_shopping, 1, 2 * len(SHOP)),
+    "sharing": (_sharing, 1, MAX_STEPS),
     "travel": (_travel, 1, 12),
     "ages": (_ages, 1, 10),
-    "savings": (_savings, 1, _UNBOUNDED),
-    "recipe": (_recipe, 1, len(_INGS)),
-    "rectangle": (_rectangle, 1, 2 * len(_ROOMS)),
+    "savings": (_savings, 1, MAX_STEPS),
+    "recipe": (_recipe, 1, len(INGS)),
+    "rectangle": (_rectangle, 1, 2 * len(ROOMS)),
     "discount": (_discount, 2, 5),
     "packs": (_packs, 1, 4),
-    "collecting": (_collecting, 1, _UNBOUNDED),
+    "collecting": (_collecting, 1, MAX_STEPS),
     "workers": (_workers, 1, 4),
     "reading": (_reading, 1, 4),
-    "bus": (_bus, 1, _UNBOUNDED),
+    "bus": (_bus, 1, MAX_STEPS),
 }
-TEMPLATES: tuple[str, ...] = tuple(_TEMPLATES)
-
-
-def _make(seed: int, index: int, min_steps: int, max_steps: int, frac: float) -> ToyProblem:
-    # RNGs keyed by (seed, index) make problem i independent of how many are drawn; a separate
-    # one for the drop decision keeps the scenario the same whatever the fraction.
-    r = random.Random(f"sq_jax.toy/{seed}/{index}")
-    drop = random.Random(f"sq_jax.toy.drop/{seed}/{index}").random() < frac
-    steps = r.randint(min_steps, max_steps)
-    name, (build, _, _) = r.choice([(k, t) for k, t in _TEMPLATES.items() if t[1] <= steps <= t[2]])
-    b = _Build(drop)
-    question = build(r, steps, b)
-    if len(b.lines) != steps or b.missing is None:
-        raise RuntimeError(f"template {name!r} broke its contract")
-    answer = -1 if drop else b.result
-    solution = (f"Information is missing: the question does not say {b.missing}, so the answer "
-                "cannot be determined." if drop else
-                " ".join(b.lines) + f" The answer is \\boxed{{{answer}}}.")
-    return ToyProblem(id=f"toy-s{seed}-{index:06d}", question=question, answer=answer,
-                      solution=solution, steps=steps, template=name, solvable=not drop)
-
-
-def iter_problems(seed: int = 0, *, min_steps: int = 1, max_steps: int = 4,
-                  unsolvable_fraction: float = 0.0) -> Iterator[ToyProblem]:
-    """Endless deterministic stream of problems; arguments are checked on call, not on next()."""
-    for bad, msg in [(min_steps < 1, f"min_steps must be >= 1, got {min_steps}"),
-                     (min_steps > max_steps, f"min_steps {min_steps} > max_steps {max_steps}"),
-                     (max_steps > _UNBOUNDED, f"max_steps must be <= {_UNBOUNDED}"),
-                     (not 0.0 <= unsolvable_fraction <= 1.0,
-                      f"unsolvable_fraction must be in [0, 1], got {unsolvable_fraction}")]:
-        if bad:
-            raise ValueError(msg)
-    return (_make(seed, i, min_steps, max_steps, unsolvable_fraction) for i in itertools.count())
-
-
-def generate_problems(n: int, seed: int = 0, *, min_steps: int = 1, max_steps: int = 4,
-                      unsolvable_fraction: float = 0.0) -> list[ToyProblem]:
-    """The first n problems of ``iter_problems(seed, ...)``; prefixes agree across n."""
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    stream = iter_problems(seed, min_steps=min_steps, max_steps=max_steps,
-                           unsolvable_fraction=unsolvable_fraction)
-    return list(itertools.islice(stream, n))
-
-
-def iter_preference_pairs(seed: int = 0, *, min_steps: int = 1, max_steps: int = 4) -> Iterator[dict[str, str]]:
-    """Endless toy QPO pairs in the solvability direction: chosen is a problem, rejected is the same scenario
-    with one needed quantity left out (what the optimiser is asked to repair). No prompt: QPO uses the model's
-    pre-query template."""
-    for i in itertools.count():
-        good = _make(seed, i, min_steps, max_steps, 0.0)
-        bad = _make(seed, i, min_steps, max_steps, 1.0)
-        yield {"id": f"toy-pair-s{seed}-{i:06d}", "chosen": good.question, "rejected": bad.question}
+TEMPLATES: tuple[str, ...] = tuple(BUILDERS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sq_jax.models.tokenizer import parse_judge_verdict
+from sq_jax.prompts.judge import parse_judge_verdict
 
 REASONING = "The problem gives the speed and the time, so the distance follows.\n\n"
 
@@ -85,9 +85,9 @@ def test_the_paper_judge_prompt_is_the_authors_byte_for_byte():
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    from sq_jax.models.tokenizer import PROMPT_FORMATS
+    from sq_jax.prompts.formats import PROMPT_FORMATS
 
-    fixture = Path(__file__).parent / "fixtures" / "chat_templates" / "qwen2-math-7b-instruct.json"
+    fixture = Path(__file__).parents[1] / "models" / "fixtures" / "chat_templates" / "qwen2-math-7b-instruct.json"
     template = json.loads(fixture.read_text(encoding="utf-8"))["chat_template"]
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")))
     tok.chat_template = template

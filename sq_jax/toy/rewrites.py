@@ -15,7 +15,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from sq_jax.data.procedural import _make
+from sq_jax.prompts.optimiser import optimiser_messages
+from sq_jax.toy.problems import make_problem
 
 __all__ = ["KEEP_ANALYSIS", "KEEP_FRACTION", "iter_rewrite_examples", "rewrite_reply"]
 
@@ -28,7 +29,7 @@ _MISSING = re.compile(r"^Information is missing: the question does not say (.+?)
 
 
 def rewrite_reply(analysis: str, question: str) -> str:
-    """An optimiser reply in the format the QPO-data stage parses (see `sq_jax.pipeline.optimiser`)."""
+    """An optimiser reply in the format the QPO-data stage parses (see `sq_jax.prompts.optimiser.parse_final_question`)."""
     return f"### Analysis\n{analysis}\n\n### Final Question\n{question}"
 
 
@@ -39,17 +40,14 @@ def _missing_analysis(solution: str) -> str:
 
 def iter_rewrite_examples(seed: int = 0, *, min_steps: int = 1, max_steps: int = 4) -> Iterator[dict[str, Any]]:
     """Endless deterministic SFT records {id, messages, response} teaching the solvability rewrite."""
-    # Lazy: the pipeline package imports data modules, so a top-level import here could close a cycle.
-    from sq_jax.pipeline.optimiser import optimiser_messages
-
     for i in itertools.count():
-        good = _make(seed, i, min_steps, max_steps, 0.0)
+        good = make_problem(seed, i, min_steps, max_steps, 0.0)
         # Keyed by (seed, index) like the problems themselves, so record i never depends on how many are drawn.
         keep = random.Random(f"sq_jax.toy.rewrite/{seed}/{i}").random() < KEEP_FRACTION
         if keep:
             question, analysis = good.question, KEEP_ANALYSIS
         else:
-            bad = _make(seed, i, min_steps, max_steps, 1.0)
+            bad = make_problem(seed, i, min_steps, max_steps, 1.0)
             question, analysis = bad.question, _missing_analysis(bad.solution)
         yield {"id": f"toy-rewrite-s{seed}-{i:06d}", "messages": optimiser_messages(question, "solvability"),
                "response": rewrite_reply(analysis, good.question)}
