@@ -230,7 +230,7 @@ def _classes() -> tuple[type, type, type]:
                     continue
                 # JetStream deletes every array of what it inserts; a cached prefix must survive, so it goes over
                 # in a box JetStream's tree walk does not open (a device copy per request, ~2 per layer
-                # dispatched one by one, was a sixth of the prefill thread's time and held the dispatch lock).
+                # dispatched one by one, was over half of the prefill thread's busy time and held the dispatch lock).
                 request.prefill_result = _Kept(prefix)
                 self._transfer_backlogs[idx].put(request, block=True)
                 self._in_prefill = None
