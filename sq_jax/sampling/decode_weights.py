@@ -1,13 +1,15 @@
 """How the decode programs hold the projection kernels: in the arrangement the backend's matrix products want.
 
 The model stores every projection kernel [*out, *in] (Hugging Face's layout; training keeps it). XLA's GPU
-compiler wants exactly that for decoding (the contracted axis minor). XLA:CPU does not: its dot kernels run a
-[tokens, in] x [in, out] product 8% (batch 1) to 15% (batch 8) faster than the same product against [out, in]
-(benchmarks/peer_tunix.py's profile), and it resolves `Layout.AUTO` to row-major and keeps loop-carried weights
-row-major whatever layout they arrive in, so no compiler-chosen layout can express [in, out] there. On CPU the
-engine therefore keeps each kernel transposed to [*in, *out] (once, when it loads), and every decode program
-transposes it back to the model's logical shape inside the traced step, where XLA folds the transpose into the
-product instead of copying. `Layout.AUTO` (`state_layout.py`) then picks the physical layout on top of this.
+compiler wants exactly that for decoding (the contracted axis minor). XLA:CPU wants it too for one slot, where
+each product is a matrix-vector product that XLA runs itself (the 100M shape's decode step: 11.5 ms against
+[out, in], 13.7 ms against [in, out]), but not for several slots, where it hands the product to its matmul
+library (YNNPACK), which runs 15-40% faster against [in, out] (8 slots: 28 ms a step against 34). XLA:CPU resolves
+`Layout.AUTO` to row-major and keeps loop-carried weights row-major whatever layout they arrive in, so no
+compiler-chosen layout can express [in, out] there. An engine of several slots on CPU therefore keeps each kernel
+transposed to [*in, *out] (once, when it loads), and every decode program transposes it back to the model's
+logical shape inside the traced step, where XLA folds the transpose into the product instead of copying.
+`Layout.AUTO` (`state_layout.py`) then picks the physical layout on top of this.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ def _input_axes(path: tuple) -> int | None:
     return next((_INPUT_AXES[n] for n in reversed(names) if isinstance(n, str) and n in _INPUT_AXES), None)
 
 
-def arrangement(params: nnx.State, platform: str) -> nnx.State:
-    """Per leaf, the axis permutation the decode programs store it in (`None`: as the model stores it)."""
+def arrangement(params: nnx.State, platform: str, slots: int) -> nnx.State:
+    """Per leaf, the axis permutation the decode programs of `slots` slots store it in (`None`: as the model
+    stores it)."""
+    in_major = platform in IN_MAJOR_PLATFORMS and slots > 1
 
     def perm(path: tuple, x: Any) -> tuple[int, ...] | None:
         inputs = _input_axes(path)
-        if platform not in IN_MAJOR_PLATFORMS or inputs is None:
+        if not in_major or inputs is None:
             return None
         ndim = len(x.shape)
         return tuple(range(ndim - inputs, ndim)) + tuple(range(ndim - inputs))

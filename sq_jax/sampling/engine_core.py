@@ -15,7 +15,7 @@ from flax import nnx, struct
 
 from sq_jax.models.kv_cache import KVCache, init_cache
 from sq_jax.models.transformer import Transformer
-from sq_jax.sampling.sampling import sample_token, token_key
+from sq_jax.sampling.sampling import greedy_token, sample_token, token_key
 
 
 @struct.dataclass
@@ -82,11 +82,11 @@ def prefill(
             lengths=existing.length[None],
         )
     positions = start + jnp.arange(bucket, dtype=jnp.int32)
-    out = model(tokens[None], positions[None], valid[None], cache)
-    new = out.cache
+    hidden, new = model.hidden_states(tokens[None], positions[None], valid[None], cache)
+    last = jax.lax.dynamic_slice_in_dim(hidden, true_length - 1, 1, axis=1)
     return Prefix(
         k=tuple(x[0] for x in new.k), v=tuple(x[0] for x in new.v), positions=new.positions[0], segment_ids=new.segment_ids[0],
-        length=start + true_length, logits=out.logits[0, true_length - 1], **settings,
+        length=start + true_length, logits=model.head(last)[0, 0], **settings,
     )
 
 
@@ -160,7 +160,7 @@ def generate(
             keys = jax.vmap(token_key)(state.keys, state.generated + 1)
             nxt = jax.vmap(sample_token)(logits, keys, state.temperature, state.top_p, state.top_k)
         else:  # an all-greedy batch skips the sort-based filters entirely
-            nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            nxt = greedy_token(logits)
         stopped = jnp.isin(emit, stop_ids)
         generated = state.generated + valid.astype(jnp.int32)
         new_cache = out.cache.replace(lengths=jnp.where(valid, out.cache.lengths, cache.lengths))
@@ -203,10 +203,10 @@ def prefill_batch(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, 
     cfg = model.config
     segments = (jnp.arange(bucket)[None, :] < true_lengths[:, None]).astype(jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(bucket, dtype=jnp.int32), (rows, bucket))
-    out = model(tokens, positions, segments, init_cache(cfg, rows, bucket))
-    last = jnp.take_along_axis(out.logits, jnp.maximum(true_lengths - 1, 0)[:, None, None], axis=1)[:, 0]
-    return PrefixBatch(k=out.cache.k, v=out.cache.v, positions=out.cache.positions,
-                       segment_ids=out.cache.segment_ids, lengths=true_lengths, logits=last)
+    hidden, cache = model.hidden_states(tokens, positions, segments, init_cache(cfg, rows, bucket))
+    last = jnp.take_along_axis(hidden, jnp.maximum(true_lengths - 1, 0)[:, None, None], axis=1)
+    return PrefixBatch(k=cache.k, v=cache.v, positions=cache.positions,
+                       segment_ids=cache.segment_ids, lengths=true_lengths, logits=model.head(last)[:, 0])
 
 
 def row_of(batch: PrefixBatch, row: jax.Array, settings: dict[str, jax.Array]) -> Prefix:

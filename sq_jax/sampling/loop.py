@@ -116,8 +116,10 @@ def run_loop(
         inflight.append((result, {slot: entry[0] for slot, entry in live.items()}))
         stats.steps += steps
         stats.host_s += time.perf_counter() - t0
-        # Keep one block in flight: the host reads block n while the device computes block n + 1.
-        if len(inflight) > 1 or not pending:
+        # Keep one block in flight: the host reads block n while the device computes block n + 1, also when
+        # nothing is pending (reading each block before dispatching the next left the device idle during the
+        # host's turn); the check above stops blocks past every request's max_tokens.
+        if len(inflight) > 1:
             t1 = time.perf_counter()
             result, owners = inflight.popleft()
             host = np.asarray(result)

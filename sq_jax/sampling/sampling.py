@@ -70,11 +70,27 @@ def filter_logits(logits: jax.Array, temperature: jax.Array, top_p: jax.Array, t
     return jnp.where(scaled < threshold, -jnp.inf, scaled)
 
 
+def greedy_token(logits: jax.Array) -> jax.Array:
+    """`jnp.argmax(logits, axis=-1)` as int32: the first maximum (the first NaN if any). On CPU it is computed as
+    two single-output reductions: XLA:CPU emits argmax's (value, index) reduction as scalar code, 4.6 ms of a
+    113 ms decode step at 64 slots over a 32K vocabulary, where a max and a min of indices vectorize. Other
+    backends keep argmax's one reduction."""
+    return jax.lax.platform_dependent(logits, cpu=_first_maximum_by_two_reductions,
+                                      default=lambda x: jnp.argmax(x, axis=-1).astype(jnp.int32))
+
+
+def _first_maximum_by_two_reductions(logits: jax.Array) -> jax.Array:
+    vocab = logits.shape[-1]
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    first = (logits == top) | jnp.isnan(logits)
+    return jnp.min(jnp.where(first, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1).astype(jnp.int32)
+
+
 def sample_token(
     logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array, top_k: jax.Array
 ) -> jax.Array:
     """One token id from `logits` [vocab]; temperature 0 is greedy."""
-    greedy = jnp.argmax(logits).astype(jnp.int32)
+    greedy = greedy_token(logits)
     sampled = jax.random.categorical(key, filter_logits(logits, temperature, top_p, top_k)).astype(jnp.int32)
     return jnp.where(temperature > 0, sampled, greedy)
 

@@ -55,7 +55,8 @@ class StatePrograms:
 
     def __init__(self, graphdef: nnx.GraphDef, params: nnx.State, stop_ids: jax.Array,
                  make_state: Callable[[], DecodeState], shardings: DecodeState, steps: int):
-        self._perms = decode_weights.arrangement(params, decode_weights.platform_of(params))
+        slots = jax.eval_shape(make_state).tokens.shape[0]
+        self._perms = decode_weights.arrangement(params, decode_weights.platform_of(params), slots)
         self._graphdef, self._params = graphdef, decode_weights.arrange(params, self._perms)
         self._stop_ids, self._make_state, self._shardings, self._steps = stop_ids, make_state, shardings, steps
         self._lock = threading.Lock()

@@ -83,6 +83,18 @@ def test_cpu_engine_holds_kernels_input_major_once_and_the_rest_as_the_model_doe
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_cpu_engine_of_one_slot_holds_every_weight_as_the_model_does(model, engine):
+    """One slot's products are matrix-vector products, which XLA:CPU runs faster against the model's own
+    [out, in] kernels: nothing is rearranged or copied, no weight is copied in its decode block, and the tokens
+    equal those of the several-slot engine (whose kernels are [in, out])."""
+    single = Engine(model, stop_ids=[95], max_slots=1, max_cache_length=40, max_prefill_length=16, decode_steps=4)
+    ours = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert all(a is b for a, b in zip(jax.tree.leaves(single.params), ours))
+    test_cpu_decode_block_copies_no_weight(single)
+    expected = [c.token_ids for c in run_loop(engine, REQUESTS)]
+    assert [c.token_ids for c in run_loop(single, REQUESTS)] == expected
+
+
 def test_weights_keep_a_forced_layout_through_prefill_and_generate(model, engine):
     """Forced into a non-default layout (as a backend's compiler might choose), the weights are relaid out once
     (only the leaves whose format changed are copied) and every program takes them as they are, with unchanged
